@@ -1,0 +1,3 @@
+//! The irm operator CLI and the oping/operf tools.
+//!
+//! Not implemented yet: see the open issues.

@@ -1,0 +1,3 @@
+//! The IPC resource manager daemon.
+//!
+//! Not implemented yet: see the open issues.
