@@ -1,0 +1,358 @@
+//! Event sets: per-process queues of flow events, so one thread can wait on many flows (what
+//! `fqueue`/`fevent` build on). Writers `notify` the reader's set; the reader `wait`s on one of
+//! its queues.
+//!
+//! A full queue never loses an event silently: the event is not stored, the queue is flagged
+//! overflowed, the writer is told ([`Notified::Overflowed`]) and the reader's next wait reports
+//! [`WaitOutcome::overflowed`], meaning "events were dropped: poll every flow in this queue".
+//! All mutations happen under one robust mutex; if a process dies holding it, the next locker
+//! clamps counts and the flow table back into range before going on.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sys::{self, LockOutcome, Mapping};
+
+const MAGIC: [u8; 8] = *b"O7SEVSET";
+const VERSION: u32 = 1;
+const READY: u32 = 0x5245_4459;
+const HEADER_SIZE: usize = 128;
+const QUEUE_HEADER_SIZE: usize = 64;
+
+/// One event: something happened on `flow` (the meaning of `kind` is the library's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Event {
+    pub flow: u32,
+    pub kind: u32,
+}
+
+/// Shape of an event set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSetConfig {
+    /// Queues (fqueues) in the set.
+    pub queues: u32,
+    /// Pending events one queue holds before it overflows.
+    pub capacity: u32,
+    /// Flow ids `0..max_flows` can be watched.
+    pub max_flows: u32,
+}
+
+impl Default for EventSetConfig {
+    fn default() -> Self {
+        Self { queues: 32, capacity: 1024, max_flows: 4096 }
+    }
+}
+
+/// What `notify` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notified {
+    /// No queue watches that flow.
+    NotWatched,
+    Queued,
+    /// The queue was full: the event was not stored and the queue is flagged overflowed.
+    Overflowed,
+}
+
+/// What `wait` returned besides the events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// Events were dropped since the last wait: poll every flow in this queue.
+    pub overflowed: bool,
+}
+
+#[repr(C)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    ready: AtomicU32,
+    queues: u32,
+    capacity: u32,
+    max_flows: u32,
+    _pad: u32,
+    mutex: libc::pthread_mutex_t,
+}
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+
+#[repr(C)]
+struct QueueHeader {
+    count: AtomicU32,
+    overflowed: AtomicU32,
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+/// A mapped event set.
+#[derive(Debug)]
+pub struct EventSet {
+    map: Mapping,
+    cfg: EventSetConfig,
+}
+
+fn total_len(cfg: &EventSetConfig) -> Option<usize> {
+    let queue = QUEUE_HEADER_SIZE.checked_add((cfg.capacity as usize).checked_mul(8)?)?;
+    HEADER_SIZE
+        .checked_add(queue.checked_mul(cfg.queues as usize)?)?
+        .checked_add((cfg.max_flows as usize).checked_mul(4)?)
+}
+
+fn check_config(cfg: &EventSetConfig) -> Result<usize> {
+    if cfg.queues == 0 || cfg.queues > 1024 || cfg.capacity == 0 || cfg.capacity > 1 << 20 || cfg.max_flows > 1 << 22 {
+        return Err(Error::BadConfig(format!(
+            "event set: queues 1..=1024, capacity 1..=2^20, max_flows ..=2^22 (got {cfg:?})"
+        )));
+    }
+    total_len(cfg).ok_or_else(|| Error::BadConfig("event set too large".into()))
+}
+
+impl EventSet {
+    /// Creates a set, readable and writable by `owner_uid`'s processes and the creator (0600
+    /// with that owner, or 0660 when the creator keeps it).
+    pub fn create(name: &str, cfg: EventSetConfig, owner_uid: Option<u32>) -> Result<Self> {
+        let len = check_config(&cfg)?;
+        let fd = sys::shm_create(name, 0o660).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
+        let setup = || -> Result<Self> {
+            if let Some(uid) = owner_uid.filter(|&u| u != sys::geteuid()) {
+                sys::fchown(&fd, Some(uid), None).map_err(|e| Error::sys("fchown", name, e))?;
+            }
+            sys::ftruncate(&fd, len as u64).map_err(|e| Error::sys("ftruncate", name, e))?;
+            let map = Mapping::map(&fd, len).map_err(|e| Error::sys("mmap", name, e))?;
+            let set = Self { map, cfg };
+            let h = set.header_ptr();
+            // SAFETY: freshly created (O_EXCL) object, nobody else uses it before `ready`.
+            unsafe {
+                (*h).magic = MAGIC;
+                (*h).version = VERSION;
+                (*h).queues = cfg.queues;
+                (*h).capacity = cfg.capacity;
+                (*h).max_flows = cfg.max_flows;
+                sys::robust_mutex_init(std::ptr::addr_of_mut!((*h).mutex))
+                    .map_err(|e| Error::sys("pthread_mutex_init", name, e))?;
+            }
+            set.header().ready.store(READY, Ordering::Release);
+            Ok(set)
+        };
+        let result = setup();
+        if result.is_err() {
+            let _ = sys::shm_unlink(name);
+        }
+        result
+    }
+
+    /// Maps an existing set.
+    pub fn open(name: &str) -> Result<Self> {
+        let fd = sys::shm_open(name).map_err(|e| Error::sys("shm_open", name, e))?;
+        let corrupt = |reason: String| Error::Corrupt { name: name.to_owned(), reason };
+        let (size, ..) = sys::fstat(&fd).map_err(|e| Error::sys("fstat", name, e))?;
+        if (size as usize) < HEADER_SIZE {
+            return Err(Error::NotReady { name: name.to_owned() });
+        }
+        let map = Mapping::map(&fd, size as usize).map_err(|e| Error::sys("mmap", name, e))?;
+        // SAFETY: at least HEADER_SIZE bytes are mapped.
+        let h = unsafe { &*(map.base() as *const Header) };
+        if h.ready.load(Ordering::Acquire) != READY {
+            return Err(Error::NotReady { name: name.to_owned() });
+        }
+        if h.magic != MAGIC || h.version != VERSION {
+            return Err(corrupt("not an o7s event set of this version".into()));
+        }
+        let cfg = EventSetConfig { queues: h.queues, capacity: h.capacity, max_flows: h.max_flows };
+        let len = check_config(&cfg).map_err(|e| corrupt(e.to_string()))?;
+        if len != size as usize {
+            return Err(corrupt(format!("object is {size} bytes, header describes {len}")));
+        }
+        Ok(Self { map, cfg })
+    }
+
+    pub fn config(&self) -> EventSetConfig {
+        self.cfg
+    }
+
+    /// Watches `flow` on `queue`. A flow is in at most one queue.
+    pub fn add(&self, queue: u32, flow: u32) -> Result<()> {
+        self.check_queue(queue)?;
+        let slot = self.flow_slot(flow)?;
+        let _g = self.lock();
+        let cur = slot.load(Ordering::Relaxed);
+        if cur != 0 && cur != queue + 1 {
+            return Err(Error::BadConfig(format!("flow {flow} is already in queue {}", cur - 1)));
+        }
+        slot.store(queue + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stops watching `flow`.
+    pub fn remove(&self, flow: u32) -> Result<()> {
+        let slot = self.flow_slot(flow)?;
+        let _g = self.lock();
+        slot.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The queue watching `flow`, if any.
+    pub fn queue_of(&self, flow: u32) -> Option<u32> {
+        let v = self.flow_slot(flow).ok()?.load(Ordering::Relaxed);
+        (v != 0 && v <= self.cfg.queues).then(|| v - 1)
+    }
+
+    /// Reports an event on `flow` to the queue watching it.
+    pub fn notify(&self, flow: u32, kind: u32) -> Result<Notified> {
+        let Some(queue) = self.queue_of(flow) else { return Ok(Notified::NotWatched) };
+        let q = self.queue(queue);
+        let outcome = {
+            let _g = self.lock();
+            let n = q.count.load(Ordering::Relaxed);
+            if n >= self.cfg.capacity {
+                q.overflowed.store(1, Ordering::Relaxed);
+                Notified::Overflowed
+            } else {
+                // Entry first, count second: a crash in between loses nothing already queued.
+                let e = self.entry(queue, n);
+                e[0].store(flow, Ordering::Relaxed);
+                e[1].store(kind, Ordering::Relaxed);
+                q.count.store(n + 1, Ordering::Release);
+                Notified::Queued
+            }
+        };
+        q.seq.fetch_add(1, Ordering::SeqCst);
+        if q.waiters.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake_all(&q.seq);
+        }
+        Ok(outcome)
+    }
+
+    /// Moves every pending event of `queue` into `out` without waiting.
+    pub fn try_take(&self, queue: u32, out: &mut Vec<Event>) -> Result<WaitOutcome> {
+        self.check_queue(queue)?;
+        let q = self.queue(queue);
+        let _g = self.lock();
+        let n = q.count.load(Ordering::Acquire).min(self.cfg.capacity);
+        out.extend((0..n).map(|k| {
+            let e = self.entry(queue, k);
+            Event { flow: e[0].load(Ordering::Relaxed), kind: e[1].load(Ordering::Relaxed) }
+        }));
+        q.count.store(0, Ordering::Relaxed);
+        let overflowed = q.overflowed.swap(0, Ordering::Relaxed) != 0;
+        Ok(WaitOutcome { overflowed })
+    }
+
+    /// Waits until `queue` has events (or an overflow to report), then takes them all.
+    pub fn wait(&self, queue: u32, out: &mut Vec<Event>, timeout: Option<Duration>) -> Result<WaitOutcome> {
+        self.check_queue(queue)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let q = self.queue(queue);
+        loop {
+            let seq = q.seq.load(Ordering::SeqCst);
+            q.waiters.fetch_add(1, Ordering::SeqCst);
+            let pending = q.count.load(Ordering::SeqCst) != 0 || q.overflowed.load(Ordering::SeqCst) != 0;
+            if !pending {
+                let left = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+                    Some(None) => {
+                        q.waiters.fetch_sub(1, Ordering::SeqCst);
+                        return Err(Error::TimedOut { what: "flow events" });
+                    }
+                    Some(Some(left)) => Some(left),
+                    None => None,
+                };
+                sys::futex_wait(&q.seq, seq, left);
+            }
+            q.waiters.fetch_sub(1, Ordering::SeqCst);
+            let before = out.len();
+            let outcome = self.try_take(queue, out)?;
+            if out.len() > before || outcome.overflowed {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    fn check_queue(&self, queue: u32) -> Result<()> {
+        if queue < self.cfg.queues {
+            Ok(())
+        } else {
+            Err(Error::BadConfig(format!("no event queue {queue} (the set has {})", self.cfg.queues)))
+        }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with the header.
+        unsafe { &*(self.map.base() as *const Header) }
+    }
+
+    fn header_ptr(&self) -> *mut Header {
+        self.map.base().cast()
+    }
+
+    fn queue_offset(&self, queue: u32) -> usize {
+        HEADER_SIZE + queue as usize * (QUEUE_HEADER_SIZE + 8 * self.cfg.capacity as usize)
+    }
+
+    fn queue(&self, queue: u32) -> &QueueHeader {
+        // SAFETY: queue < queues, so the offset is inside the mapping (checked size), aligned.
+        unsafe { &*(self.map.base().add(self.queue_offset(queue)) as *const QueueHeader) }
+    }
+
+    fn entry(&self, queue: u32, k: u32) -> &[AtomicU32; 2] {
+        let off = self.queue_offset(queue) + QUEUE_HEADER_SIZE + 8 * k as usize;
+        // SAFETY: k < capacity, so the entry is inside the queue's area.
+        unsafe { &*(self.map.base().add(off) as *const [AtomicU32; 2]) }
+    }
+
+    fn flow_slot(&self, flow: u32) -> Result<&AtomicU32> {
+        if flow >= self.cfg.max_flows {
+            return Err(Error::BadConfig(format!("flow {flow} beyond the set's {} flows", self.cfg.max_flows)));
+        }
+        let off = self.queue_offset(self.cfg.queues) + 4 * flow as usize;
+        // SAFETY: flow < max_flows, inside the mapping.
+        Ok(unsafe { &*(self.map.base().add(off) as *const AtomicU32) })
+    }
+
+    fn lock(&self) -> Guard {
+        // SAFETY: the mutex lives in the header of a live mapping and was initialised.
+        let m = unsafe { std::ptr::addr_of_mut!((*self.header_ptr()).mutex) };
+        // SAFETY: as above.
+        match unsafe { sys::robust_mutex_lock(m) } {
+            Ok(LockOutcome::Locked) => Guard(Some(m)),
+            Ok(LockOutcome::OwnerDied) => {
+                self.repair();
+                // SAFETY: locked after EOWNERDEAD, data repaired.
+                unsafe { sys::robust_mutex_consistent(m) };
+                Guard(Some(m))
+            }
+            Err(_) => Guard(None),
+        }
+    }
+
+    fn repair(&self) {
+        for queue in 0..self.cfg.queues {
+            let q = self.queue(queue);
+            if q.count.load(Ordering::Relaxed) > self.cfg.capacity {
+                q.count.store(self.cfg.capacity, Ordering::Relaxed);
+                q.overflowed.store(1, Ordering::Relaxed);
+            }
+        }
+        for flow in 0..self.cfg.max_flows {
+            if let Ok(slot) = self.flow_slot(flow) {
+                if slot.load(Ordering::Relaxed) > self.cfg.queues {
+                    slot.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Removes a set's name.
+    pub fn unlink(name: &str) -> Result<()> {
+        sys::shm_unlink(name).map_err(|e| Error::sys("shm_unlink", name, e))
+    }
+}
+
+struct Guard(Option<*mut libc::pthread_mutex_t>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            // SAFETY: locked by this thread in `lock`.
+            unsafe { sys::robust_mutex_unlock(m) };
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Flow rings: one per flow endpoint, single producer / single consumer of block indices, in the
+//! pool's ring table. Lock-free on the fast path; waiting uses one futex word per ring, so a
+//! blocked reader or writer sleeps in the kernel instead of polling.
+//!
+//! Crash safety comes from the order of steps. A writer moves the block's descriptor to
+//! `Ring { ring }` *before* publishing the slot; a reader moves it to `Owned` *before* advancing
+//! the tail. A process killed between the two steps therefore leaves a block whose descriptor
+//! names it (owned by the dead process, or "in the ring" while outside `[tail, head)`), which
+//! [`Pool::reclaim`] finds and frees.
+//!
+//! Positions are free-running `u32` counters; `head - tail` in wrapping arithmetic is the fill
+//! level, correct across wrap-around for any capacity up to 2^31.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::desc::Place;
+use crate::error::{Error, Result};
+use crate::layout::CACHE_LINE;
+use crate::packet::Packet;
+use crate::pool::Pool;
+use crate::sys;
+
+/// Ring flags, shared by both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingFlags(pub u32);
+
+impl RingFlags {
+    /// The flow is down: writes fail, reads fail once the ring is drained.
+    pub const FLOW_DOWN: u32 = 1;
+    /// The other end is gone (set by reclaim): writes fail, reads fail once drained.
+    pub const PEER_GONE: u32 = 2;
+    /// Writes are refused.
+    pub const READ_ONLY: u32 = 4;
+}
+
+const STATE_FREE: u32 = 0;
+const STATE_CLAIMED: u32 = 1;
+const STATE_LIVE: u32 = 2;
+/// Spins before sleeping in a blocking call: a peer on another core usually answers within a
+/// microsecond, far cheaper than a futex sleep and wake.
+const SPINS: u32 = 2000;
+
+#[repr(C)]
+struct RingHeader {
+    // Producer's cache line.
+    head: AtomicU32,
+    producer: AtomicU32,
+    _p: [u32; CACHE_LINE / 4 - 2],
+    // Consumer's cache line.
+    tail: AtomicU32,
+    consumer: AtomicU32,
+    _c: [u32; CACHE_LINE / 4 - 2],
+    // Shared, rarely written.
+    state: AtomicU32,
+    flags: AtomicU32,
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+const _: () = assert!(std::mem::size_of::<RingHeader>() <= crate::layout::RING_HEADER_SIZE);
+
+pub(crate) fn init_all(pool: &Pool) {
+    for r in 0..pool.layout().config.rings {
+        let h = header(pool, r);
+        h.state.store(STATE_FREE, Ordering::Relaxed);
+    }
+}
+
+fn header(pool: &Pool, ring: u32) -> &RingHeader {
+    let off = pool.layout().ring_offset(ring).expect("ring id checked by caller");
+    pool.at(off)
+}
+
+fn slot(pool: &Pool, ring: u32, pos: u32) -> &AtomicU32 {
+    let l = pool.layout();
+    let off = l.ring_offset(ring).expect("ring id checked by caller");
+    let mask = l.config.ring_capacity - 1;
+    pool.at(off + crate::layout::RING_HEADER_SIZE + 4 * (pos & mask) as usize)
+}
+
+fn live_header(pool: &Pool, ring: u32) -> Result<&RingHeader> {
+    if ring >= pool.layout().config.rings {
+        return Err(Error::Ring { ring, reason: "no such ring".into() });
+    }
+    let h = header(pool, ring);
+    if h.state.load(Ordering::Acquire) != STATE_LIVE {
+        return Err(Error::Ring { ring, reason: "not allocated".into() });
+    }
+    Ok(h)
+}
+
+fn notify(h: &RingHeader) {
+    fence(Ordering::SeqCst);
+    if h.waiters.load(Ordering::SeqCst) != 0 {
+        h.seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&h.seq);
+    }
+}
+
+/// Sleeps until the ring changes (or flags change), the deadline passes, or `ready` holds.
+fn wait(h: &RingHeader, deadline: Option<Instant>, ready: impl Fn() -> bool) -> Result<()> {
+    for _ in 0..SPINS {
+        if ready() {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    h.waiters.fetch_add(1, Ordering::SeqCst);
+    let seq = h.seq.load(Ordering::SeqCst);
+    let result = if ready() {
+        Ok(())
+    } else {
+        match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+            Some(None) => Err(Error::TimedOut { what: "the flow ring" }),
+            Some(Some(left)) => {
+                sys::futex_wait(&h.seq, seq, Some(left));
+                Ok(())
+            }
+            None => {
+                sys::futex_wait(&h.seq, seq, None);
+                Ok(())
+            }
+        }
+    };
+    h.waiters.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+impl Pool {
+    /// Allocates a ring written by `producer` and read by `consumer` (both pids). The IRMd does
+    /// this when it sets a flow up.
+    pub fn ring_create(&self, producer: u32, consumer: u32) -> Result<u32> {
+        for r in 0..self.layout().config.rings {
+            let h = header(self, r);
+            if h.state
+                .compare_exchange(STATE_FREE, STATE_CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                let start = h.head.load(Ordering::Relaxed);
+                h.tail.store(start, Ordering::Relaxed);
+                h.producer.store(producer, Ordering::Relaxed);
+                h.consumer.store(consumer, Ordering::Relaxed);
+                h.flags.store(0, Ordering::Relaxed);
+                h.waiters.store(0, Ordering::Relaxed);
+                h.state.store(STATE_LIVE, Ordering::Release);
+                return Ok(r);
+            }
+        }
+        Err(Error::Full("flow rings"))
+    }
+
+    /// Frees a ring, returning every block still queued on it to the pool. The producer must
+    /// have stopped writing (detached or dead); a reader still blocked gets [`Error::FlowDown`].
+    pub fn ring_destroy(&self, ring: u32) -> Result<usize> {
+        let h = live_header(self, ring)?;
+        self.ring_set_flags(ring, RingFlags::FLOW_DOWN)?;
+        let freed = drain(self, ring, h);
+        h.state.store(STATE_FREE, Ordering::Release);
+        Ok(freed)
+    }
+
+    /// Sets flags on a ring and wakes both ends.
+    pub fn ring_set_flags(&self, ring: u32, flags: u32) -> Result<()> {
+        let h = live_header(self, ring)?;
+        h.flags.fetch_or(flags, Ordering::SeqCst);
+        h.seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&h.seq);
+        Ok(())
+    }
+
+    pub fn ring_clear_flags(&self, ring: u32, flags: u32) -> Result<()> {
+        let h = live_header(self, ring)?;
+        h.flags.fetch_and(!flags, Ordering::SeqCst);
+        h.seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&h.seq);
+        Ok(())
+    }
+
+    pub fn ring_flags(&self, ring: u32) -> Result<RingFlags> {
+        Ok(RingFlags(live_header(self, ring)?.flags.load(Ordering::Acquire)))
+    }
+
+    /// The producer and consumer pids of a live ring.
+    pub fn ring_ends(&self, ring: u32) -> Result<(u32, u32)> {
+        let h = live_header(self, ring)?;
+        Ok((h.producer.load(Ordering::Relaxed), h.consumer.load(Ordering::Relaxed)))
+    }
+
+    /// Number of queued blocks.
+    pub fn ring_len(&self, ring: u32) -> Result<u32> {
+        let h = live_header(self, ring)?;
+        Ok(h.head.load(Ordering::Acquire).wrapping_sub(h.tail.load(Ordering::Acquire)))
+    }
+
+    /// The writing end; only the ring's producer process may take it.
+    pub fn ring_writer(&self, ring: u32) -> Result<RingWriter<'_>> {
+        let h = live_header(self, ring)?;
+        if h.producer.load(Ordering::Relaxed) != self.pid() {
+            return Err(Error::Ring { ring, reason: format!("pid {} is not its producer", self.pid()) });
+        }
+        Ok(RingWriter { pool: self, ring, h })
+    }
+
+    /// The reading end; only the ring's consumer process may take it.
+    pub fn ring_reader(&self, ring: u32) -> Result<RingReader<'_>> {
+        let h = live_header(self, ring)?;
+        if h.consumer.load(Ordering::Relaxed) != self.pid() {
+            return Err(Error::Ring { ring, reason: format!("pid {} is not its consumer", self.pid()) });
+        }
+        Ok(RingReader { pool: self, ring, h })
+    }
+
+    /// Test hook: moves an empty ring's positions (to exercise counter wrap-around).
+    #[doc(hidden)]
+    pub fn ring_set_position(&self, ring: u32, pos: u32) -> Result<()> {
+        let h = live_header(self, ring)?;
+        if h.head.load(Ordering::Acquire) != h.tail.load(Ordering::Acquire) {
+            return Err(Error::Ring { ring, reason: "not empty".into() });
+        }
+        h.head.store(pos, Ordering::Release);
+        h.tail.store(pos, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Returns every block in `[tail, head)` still marked as queued on `ring`.
+fn drain(pool: &Pool, ring: u32, h: &RingHeader) -> usize {
+    let head = h.head.load(Ordering::Acquire);
+    let mut tail = h.tail.load(Ordering::Acquire);
+    let mut freed = 0;
+    while tail != head {
+        freed += pool.free_from_ring(slot(pool, ring, tail).load(Ordering::Relaxed), ring);
+        tail = tail.wrapping_add(1);
+        h.tail.store(tail, Ordering::Release);
+    }
+    freed
+}
+
+/// Part of [`Pool::reclaim`]: the dead process's ring ends.
+pub(crate) fn reclaim_ends(pool: &Pool, pid: u32) -> usize {
+    let mut freed = 0;
+    for r in 0..pool.layout().config.rings {
+        let h = header(pool, r);
+        if h.state.load(Ordering::Acquire) != STATE_LIVE {
+            continue;
+        }
+        let consumer_dead = h.consumer.load(Ordering::Relaxed) == pid;
+        let producer_dead = h.producer.load(Ordering::Relaxed) == pid;
+        if !consumer_dead && !producer_dead {
+            continue;
+        }
+        let _ = pool.ring_set_flags(r, RingFlags::PEER_GONE);
+        if consumer_dead {
+            freed += drain(pool, r, h);
+        }
+        if producer_dead {
+            // Blocks the dead producer marked as queued but never published.
+            let head = h.head.load(Ordering::Acquire);
+            let tail = h.tail.load(Ordering::Acquire);
+            let queued: HashSet<u32> = (0..head.wrapping_sub(tail))
+                .map(|k| slot(pool, r, tail.wrapping_add(k)).load(Ordering::Relaxed))
+                .collect();
+            for index in 0..pool.layout().total_blocks {
+                if !queued.contains(&index) {
+                    freed += pool.free_from_ring(index, r);
+                }
+            }
+        }
+    }
+    freed
+}
+
+/// The writing end of a flow ring.
+#[derive(Debug)]
+pub struct RingWriter<'p> {
+    pool: &'p Pool,
+    ring: u32,
+    h: &'p RingHeader,
+}
+
+impl std::fmt::Debug for RingHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingHeader")
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p> RingWriter<'p> {
+    pub fn ring(&self) -> u32 {
+        self.ring
+    }
+
+    fn check_flags(&self) -> Result<()> {
+        let f = self.h.flags.load(Ordering::Acquire);
+        if f & RingFlags::FLOW_DOWN != 0 {
+            Err(Error::FlowDown)
+        } else if f & RingFlags::PEER_GONE != 0 {
+            Err(Error::PeerGone)
+        } else if f & RingFlags::READ_ONLY != 0 {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn space(&self) -> u32 {
+        let cap = self.pool.layout().config.ring_capacity;
+        let used = self.h.head.load(Ordering::Relaxed).wrapping_sub(self.h.tail.load(Ordering::Acquire));
+        cap.saturating_sub(used)
+    }
+
+    /// Queues a packet without waiting. On failure the packet comes back with the reason, so
+    /// nothing is lost.
+    pub fn try_write(&self, packet: Packet<'p>) -> std::result::Result<(), (Packet<'p>, Error)> {
+        if let Err(e) = self.check_flags() {
+            return Err((packet, e));
+        }
+        if self.space() == 0 {
+            return Err((packet, Error::WouldBlock { what: "ring space" }));
+        }
+        packet.publish_bounds();
+        let index = packet.index();
+        if let Err(e) = self.enqueue(index) {
+            return Err((packet, e));
+        }
+        std::mem::forget(packet);
+        self.publish(1);
+        Ok(())
+    }
+
+    /// Queues a packet, waiting for room until `timeout` (None: forever).
+    pub fn write(
+        &self,
+        mut packet: Packet<'p>,
+        timeout: Option<Duration>,
+    ) -> std::result::Result<(), (Packet<'p>, Error)> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.try_write(packet) {
+                Err((p, Error::WouldBlock { .. })) => packet = p,
+                other => return other,
+            }
+            if let Err(e) = wait(self.h, deadline, || {
+                self.space() > 0 || self.h.flags.load(Ordering::Acquire) != 0
+            }) {
+                return Err((packet, e));
+            }
+        }
+    }
+
+    /// Queues owned blocks by index (bounds already in their descriptors), as many as fit;
+    /// returns how many were queued from the front of `indices`. One publish for the batch.
+    pub fn try_write_batch(&self, indices: &[u32]) -> Result<usize> {
+        self.check_flags()?;
+        let n = indices.len().min(self.space() as usize);
+        let mut done = 0;
+        for &index in &indices[..n] {
+            if let Err(e) = self.enqueue_at(index, done as u32) {
+                self.publish(done as u32);
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+            done += 1;
+        }
+        self.publish(done as u32);
+        if done == 0 && !indices.is_empty() {
+            return Err(Error::WouldBlock { what: "ring space" });
+        }
+        Ok(done)
+    }
+
+    fn enqueue(&self, index: u32) -> Result<()> {
+        self.enqueue_at(index, 0)
+    }
+
+    /// Marks the block queued and stores it `offset` slots past the current head.
+    fn enqueue_at(&self, index: u32, offset: u32) -> Result<()> {
+        self.pool.move_place(index, Place::Owned { pid: self.pool.pid() }, Place::Ring { ring: self.ring })?;
+        let pos = self.h.head.load(Ordering::Relaxed).wrapping_add(offset);
+        slot(self.pool, self.ring, pos).store(index, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn publish(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let head = self.h.head.load(Ordering::Relaxed);
+        self.h.head.store(head.wrapping_add(n), Ordering::Release);
+        notify(self.h);
+    }
+
+    pub fn len(&self) -> u32 {
+        self.pool.layout().config.ring_capacity - self.space()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The reading end of a flow ring.
+#[derive(Debug)]
+pub struct RingReader<'p> {
+    pool: &'p Pool,
+    ring: u32,
+    h: &'p RingHeader,
+}
+
+impl<'p> RingReader<'p> {
+    pub fn ring(&self) -> u32 {
+        self.ring
+    }
+
+    fn available(&self) -> u32 {
+        self.h.head.load(Ordering::Acquire).wrapping_sub(self.h.tail.load(Ordering::Relaxed))
+    }
+
+    fn empty_error(&self) -> Error {
+        let f = self.h.flags.load(Ordering::Acquire);
+        if f & RingFlags::PEER_GONE != 0 {
+            Error::PeerGone
+        } else if f & RingFlags::FLOW_DOWN != 0 {
+            Error::FlowDown
+        } else {
+            Error::WouldBlock { what: "packets" }
+        }
+    }
+
+    /// Takes the next packet without waiting.
+    pub fn try_read(&self) -> Result<Packet<'p>> {
+        let mut index = [0u32];
+        match self.try_read_batch(&mut index)? {
+            0 => Err(self.empty_error()),
+            _ => self.pool.packet(index[0]),
+        }
+    }
+
+    /// Takes the next packet, waiting until `timeout` (None: forever).
+    pub fn read(&self, timeout: Option<Duration>) -> Result<Packet<'p>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.try_read() {
+                Err(Error::WouldBlock { .. }) => {}
+                other => return other,
+            }
+            wait(self.h, deadline, || {
+                self.available() > 0 || self.h.flags.load(Ordering::Acquire) != 0
+            })?;
+        }
+    }
+
+    /// Takes up to `out.len()` block indices, now owned by this process (wrap each with
+    /// [`Pool::packet`] or release it). Returns how many; 0 with an error only when the ring is
+    /// empty and the flow is down or the peer gone.
+    pub fn try_read_batch(&self, out: &mut [u32]) -> Result<usize> {
+        let avail = self.available().min(self.pool.layout().config.ring_capacity);
+        if avail == 0 {
+            return match self.empty_error() {
+                Error::WouldBlock { .. } => Ok(0),
+                e => Err(e),
+            };
+        }
+        let me = Place::Owned { pid: self.pool.pid() };
+        let tail = self.h.tail.load(Ordering::Relaxed);
+        let mut got = 0;
+        let mut consumed = 0;
+        while consumed < avail && got < out.len() {
+            let index = slot(self.pool, self.ring, tail.wrapping_add(consumed)).load(Ordering::Relaxed);
+            consumed += 1;
+            // A slot whose block is not marked as queued here was scribbled on or reclaimed:
+            // skip it rather than take a block someone else owns.
+            if self.pool.move_place(index, Place::Ring { ring: self.ring }, me).is_ok() {
+                out[got] = index;
+                got += 1;
+            }
+        }
+        self.h.tail.store(tail.wrapping_add(consumed), Ordering::Release);
+        notify(self.h);
+        Ok(got)
+    }
+
+    pub fn len(&self) -> u32 {
+        self.available()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.available() == 0
+    }
+}
+
+/// Part of [`Pool::verify`]: ring contents against descriptors.
+pub(crate) fn verify_rings(pool: &Pool, problems: &mut Vec<String>) -> HashSet<u32> {
+    let mut seen = HashSet::new();
+    let cap = pool.layout().config.ring_capacity;
+    for r in 0..pool.layout().config.rings {
+        let h = header(pool, r);
+        if h.state.load(Ordering::Acquire) != STATE_LIVE {
+            continue;
+        }
+        let head = h.head.load(Ordering::Acquire);
+        let tail = h.tail.load(Ordering::Acquire);
+        let len = head.wrapping_sub(tail);
+        if len > cap {
+            problems.push(format!("ring {r}: {len} queued, capacity {cap}"));
+            continue;
+        }
+        for k in 0..len {
+            let index = slot(pool, r, tail.wrapping_add(k)).load(Ordering::Relaxed);
+            match pool.place(index) {
+                Ok(w) if w.place == (Place::Ring { ring: r }) => {}
+                Ok(w) => problems.push(format!("ring {r} slot {k}: block {index} is {:?}", w.place)),
+                Err(e) => problems.push(format!("ring {r} slot {k}: {e}")),
+            }
+            if !seen.insert(index) {
+                problems.push(format!("block {index} queued twice"));
+            }
+        }
+    }
+    seen
+}
