@@ -206,10 +206,11 @@ impl Layout {
             .iter()
             .position(|k| k.block_size == FRAME_SIZE)
             .ok_or_else(|| bad("the 4096-byte frame class must have blocks".into()))?;
-        let smallest = classes[0].block_size;
-        if u64::from(c.headroom) + u64::from(c.tailroom) >= u64::from(smallest) {
+        // Classes smaller than the default head- and tailroom still serve `try_alloc_with`.
+        let largest = classes[classes.len() - 1].block_size;
+        if u64::from(c.headroom) + u64::from(c.tailroom) >= u64::from(largest) {
             return Err(bad(format!(
-                "headroom {} + tailroom {} leaves no room in the {smallest}-byte class",
+                "headroom {} + tailroom {} leaves no room in the largest ({largest}-byte) class",
                 c.headroom, c.tailroom
             )));
         }
@@ -299,8 +300,13 @@ impl Layout {
 
     /// The smallest class whose blocks hold `len` payload bytes plus head- and tailroom.
     pub fn class_for_len(&self, len: usize) -> Option<usize> {
+        self.class_for(len, self.config.headroom as usize)
+    }
+
+    /// The smallest class whose blocks hold `len` bytes after `headroom`, plus the tailroom.
+    pub fn class_for(&self, len: usize, headroom: usize) -> Option<usize> {
         let need = len
-            .checked_add(self.config.headroom as usize)?
+            .checked_add(headroom)?
             .checked_add(self.config.tailroom as usize)?;
         self.classes.iter().position(|k| k.block_size as usize >= need)
     }
@@ -364,7 +370,7 @@ mod test {
         c.shards = 0;
         assert!(Layout::compute(&c).is_err());
         let mut c = PoolConfig::small();
-        c.headroom = 250;
+        c.headroom = 65536 - 32;
         assert!(Layout::compute(&c).is_err());
         let mut c = PoolConfig::small();
         c.classes.push(ClassConfig { block_size: 1 << 20, blocks: u32::MAX });

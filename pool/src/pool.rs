@@ -322,13 +322,18 @@ impl Pool {
     /// Picks the smallest class that fits; if that class is exhausted, a larger one. Never
     /// blocks.
     pub fn try_alloc(&self, len: usize) -> Result<Packet<'_>> {
-        let first = self.layout.class_for_len(len).ok_or(Error::TooLarge {
-            len,
-            max: self.layout.max_len(),
-        })?;
+        self.try_alloc_with(len, self.layout.config.headroom as usize)
+    }
+
+    /// As [`Pool::try_alloc`] with a headroom of the caller's choice (e.g. small control
+    /// packets that need few lower headers, which then fit the smallest class).
+    pub fn try_alloc_with(&self, len: usize, headroom: usize) -> Result<Packet<'_>> {
+        let too_large = Error::TooLarge { len, max: self.layout.max_len() };
+        let first = self.layout.class_for(len, headroom).ok_or(too_large)?;
         for c in first..self.layout.classes.len() {
             if let Some(index) = self.pop_any(c) {
-                return Ok(self.fresh_packet(index, len));
+                let (head, tail) = (headroom as u32, (headroom + len) as u32);
+                return Ok(Packet::new(self, index, head, tail));
             }
         }
         Err(Error::WouldBlock { what: "pool blocks" })
@@ -345,14 +350,10 @@ impl Pool {
 
     /// Allocates a frame-class block (for the AF_XDP fill ring), never another class.
     pub fn try_alloc_frame(&self) -> Result<Packet<'_>> {
-        self.pop_any(self.layout.frame_class)
-            .map(|index| self.fresh_packet(index, 0))
-            .ok_or(Error::WouldBlock { what: "frame blocks" })
-    }
-
-    fn fresh_packet(&self, index: u32, len: usize) -> Packet<'_> {
         let head = self.layout.config.headroom;
-        Packet::new(self, index, head, head + len as u32)
+        self.pop_any(self.layout.frame_class)
+            .map(|index| Packet::new(self, index, head, head))
+            .ok_or(Error::WouldBlock { what: "frame blocks" })
     }
 
     fn wait_for<T>(
@@ -809,5 +810,28 @@ impl Report {
 
     pub fn total(&self) -> u32 {
         self.free + self.owned + self.queued + self.lent + self.held
+    }
+}
+
+impl Pool {
+    /// Test hook for the crash tests: takes the lock of the first class's shard 0, starts a pop
+    /// (descriptor changed, count not yet) and sleeps forever inside the critical section, to
+    /// be killed there.
+    #[doc(hidden)]
+    pub fn debug_hang_in_lock(&self) {
+        let class = self.layout.classes[0];
+        let _guard = self.lock_shard(0, 0);
+        let n = self.shard_count(0, 0);
+        if n > 0 {
+            let index = self.stack_slot(&class, 0, n - 1).load(Ordering::Relaxed);
+            let owned = DescWord::new(Place::Owned { pid: self.pid }).encode();
+            self.desc(index).word.store(owned, Ordering::Release);
+            // Scribble on the stack too, as a half-done push would.
+            self.stack_slot(&class, 0, 0).store(u32::MAX, Ordering::Relaxed);
+        }
+        println!("locked");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 }
