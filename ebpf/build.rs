@@ -59,7 +59,7 @@ fn compile(source: &Path, object: &Path) {
     let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
 
     let mut cmd = Command::new(&clang);
-    cmd.args(["-O2", "-g", "-Wall", "-Werror", "-target", bpf_target])
+    cmd.args(["-O2", "-g", "-Wall", "-target", bpf_target])
         .arg(&multiarch)
         .arg("-c")
         .arg(source)

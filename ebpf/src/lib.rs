@@ -36,12 +36,12 @@
 //! let mut steer = SteerProgram::load(o7s_ebpf::DEFAULT_ETHERTYPE)?;
 //! let mode = steer.attach("eth1", Mode::Native)?;
 //! println!("attached in {mode} mode");
-//! // steer.register_socket(0, &xsk_fd)?;
+//! // steer.register_socket(0, xsk_user.as_raw_fd())?; // an AF_XDP socket bound to eth1, queue 0
 //! println!("{:?}", steer.counters()?);
 //! # Ok::<(), o7s_ebpf::Error>(())
 //! ```
 
-use std::{fmt, io, os::fd::AsFd};
+use std::{fmt, io, os::fd::AsRawFd};
 
 use aya::{
     Ebpf, EbpfError,
@@ -514,14 +514,18 @@ impl SteerProgram {
     /// that queue go to it. Replaces any socket registered before. The socket must be bound to
     /// the same interface and queue, or the kernel drops the redirected frames.
     ///
+    /// Takes anything with a raw fd (a `BorrowedFd`, or a plain `RawFd` such as
+    /// xdpilone's `User::as_raw_fd()`): the kernel checks the fd, so a wrong one is an error,
+    /// never memory unsafety. The map holds its own reference to the socket.
+    ///
     /// # Errors
     ///
     /// [`Error::QueueOutOfRange`], [`Error::Socket`] (e.g. `EOPNOTSUPP` if `socket` is not an
     /// AF_XDP socket).
-    pub fn register_socket(&mut self, queue: u32, socket: impl AsFd) -> Result<(), Error> {
+    pub fn register_socket(&mut self, queue: u32, socket: impl AsRawFd) -> Result<(), Error> {
         check_queue(queue)?;
         self.xsks
-            .set(queue, socket.as_fd(), 0)
+            .set(queue, socket.as_raw_fd(), 0)
             .map_err(|source| Error::Socket {
                 step: "registering",
                 queue,
@@ -661,6 +665,24 @@ mod test {
             }
             other => panic!("expected UnknownInterface, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn stub_object_fails_cleanly() {
+        // Only meaningful in an `O7S_EBPF_SKIP=1` build; with the real object, loading needs root
+        // and is covered by tests/steer.rs.
+        if !is_built() {
+            let e = SteerProgram::load(DEFAULT_ETHERTYPE).expect_err("no object to load");
+            assert!(matches!(e, Error::NotBuilt));
+            assert!(e.to_string().contains("cargo xtask setup"), "{e}");
+        }
+    }
+
+    #[test]
+    fn steer_program_is_send() {
+        fn send<T: Send>() {}
+        send::<SteerProgram>();
+        send::<Error>();
     }
 
     #[test]
