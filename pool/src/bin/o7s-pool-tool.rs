@@ -5,8 +5,8 @@
 //! o7s-pool-tool open    POOL                       exit 0 if it opens, 13 on EACCES, 1 otherwise
 //! o7s-pool-tool verify  POOL                       print the verify() report
 //! o7s-pool-tool storm   POOL SEED STOPFILE          random alloc/free/hold until STOPFILE exists
-//! o7s-pool-tool produce POOL RING COUNT             write COUNT numbered packets (sizes vary)
-//! o7s-pool-tool consume POOL RING COUNT             read and check COUNT numbered packets
+//! o7s-pool-tool produce POOL RING|- COUNT           write COUNT numbered packets (sizes vary)
+//! o7s-pool-tool consume POOL RING|- COUNT           read and check COUNT numbered packets
 //! o7s-pool-tool hang-in-lock POOL                   take a shard lock, half-pop, then sleep
 //! ```
 
@@ -26,8 +26,8 @@ fn main() -> ExitCode {
             println!("{r:?}");
         }),
         "storm" => storm(arg(1), num(2), arg(3)),
-        "produce" => produce(arg(1), num(2) as u32, num(3)),
-        "consume" => consume(arg(1), num(2) as u32, num(3)),
+        "produce" => produce(arg(1), ring_id(arg(2)), num(3)),
+        "consume" => consume(arg(1), ring_id(arg(2)), num(3)),
         "hang-in-lock" => Pool::open(arg(1)).map(|p| p.debug_hang_in_lock()),
         other => {
             eprintln!("o7s-pool-tool: unknown command {other:?} (see the source's doc comment)");
@@ -54,6 +54,18 @@ fn open(name: &str) -> ExitCode {
             eprintln!("o7s-pool-tool: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A ring id from argv, or from a line on stdin when given as `-` (ring ends are pids, so a
+/// parent learns the child's pid first, then creates the ring and tells the child).
+fn ring_id(arg: &str) -> u32 {
+    if arg == "-" {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        line.trim().parse().unwrap_or(u32::MAX)
+    } else {
+        arg.parse().unwrap_or(u32::MAX)
     }
 }
 

@@ -55,3 +55,42 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+pub fn spawn_with_stdin(args: &[&str]) -> Child {
+    tool()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn o7s-pool-tool")
+}
+
+/// Sends a ring id to a child started with `-` as its ring.
+pub fn tell(child: &mut Child, ring: u32) {
+    use std::io::Write;
+    let stdin = child.stdin.as_mut().expect("piped stdin");
+    writeln!(stdin, "{ring}").expect("tell ring id");
+}
+
+/// Waits for a child with a deadline (killing it on expiry) and returns its output; panics
+/// unless it exited 0.
+#[track_caller]
+pub fn wait_ok(mut child: Child, limit: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => break,
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!("child hung: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child failed ({}): {text}", out.status);
+    text
+}
