@@ -367,7 +367,11 @@ mod test {
             "0g:00:00:00:00:0a",
             "002:00:00:00:00:0a",
         ] {
-            assert_eq!(bad.parse::<MacAddr>(), Err(Error::InvalidMacAddr), "{bad:?}");
+            assert_eq!(
+                bad.parse::<MacAddr>(),
+                Err(Error::InvalidMacAddr),
+                "{bad:?}"
+            );
         }
     }
 

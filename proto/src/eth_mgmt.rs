@@ -148,6 +148,10 @@ impl Code {
             field::RESPONSE,
             field::CODE..field::CODE + 1,
         ];
+        #[expect(
+            clippy::single_range_in_vec_init,
+            reason = "a list of ranges that has one element, not a list of indices"
+        )]
         const CODE_ONLY: &[Range<usize>] = &[field::CODE..field::CODE + 1];
         match self {
             Code::FlowReq => FLOW_REQ,

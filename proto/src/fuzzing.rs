@@ -62,7 +62,11 @@ pub fn eth_mgmt_payload(payload: &[u8], hash_len: usize) {
     let Ok(msg) = MgmtMsg::parse_bytes(payload, hash_len) else {
         return;
     };
-    assert_eq!(msg.buffer_len(), payload.len(), "message did not consume the payload");
+    assert_eq!(
+        msg.buffer_len(),
+        payload.len(),
+        "message did not consume the payload"
+    );
 
     let mut expected = payload.to_vec();
     let used = msg.code().used_fields();
@@ -77,8 +81,15 @@ pub fn eth_mgmt_payload(payload: &[u8], hash_len: usize) {
         Ok(n) => assert_eq!(n, payload.len()),
         Err(e) => panic!("emit refused a message it parsed: {e}"),
     }
-    assert_eq!(&out[..payload.len()], &expected[..], "re-emitted message differs");
-    assert!(out[payload.len()..].iter().all(|&b| b == FILL), "emit wrote past buffer_len");
+    assert_eq!(
+        &out[..payload.len()],
+        &expected[..],
+        "re-emitted message differs"
+    );
+    assert!(
+        out[payload.len()..].iter().all(|&b| b == FILL),
+        "emit wrote past buffer_len"
+    );
     assert!(Packet::new_unchecked(&expected[..]).unused_fields_zero());
 
     match MgmtMsg::parse_bytes(&out[..payload.len()], hash_len) {

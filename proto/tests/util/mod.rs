@@ -21,7 +21,7 @@ pub fn decode_hex(text: &str) -> Vec<u8> {
         .map(|l| l.split('#').next().unwrap_or(""))
         .flat_map(|l| l.bytes().filter(|b| !b.is_ascii_whitespace()))
         .collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
         .chunks(2)
         .map(|p| {
@@ -34,8 +34,8 @@ pub fn decode_hex(text: &str) -> Vec<u8> {
 /// One captured frame, by file stem (e.g. `alloc-07`).
 pub fn vector(name: &str) -> Vec<u8> {
     let path = vectors_dir().join(format!("{name}.hex"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     decode_hex(&text)
 }
 
@@ -75,14 +75,25 @@ pub fn reemit_frame(bytes: &[u8], hash_len: usize) -> Result<Vec<u8>, Error> {
 /// then padding): such a frame is either rejected or re-emits to exactly what it claims.
 #[track_caller]
 pub fn assert_truncation_rejected(bytes: &[u8], parse: impl Fn(&[u8]) -> Result<Vec<u8>, Error>) {
-    assert_eq!(parse(bytes).expect("whole frame must parse"), bytes, "round trip");
+    assert_eq!(
+        parse(bytes).expect("whole frame must parse"),
+        bytes,
+        "round trip"
+    );
 
     for cut in 0..bytes.len() {
-        assert!(parse(&bytes[..cut]).is_err(), "prefix of {cut} bytes accepted");
+        assert!(
+            parse(&bytes[..cut]).is_err(),
+            "prefix of {cut} bytes accepted"
+        );
     }
 
     let true_len = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
-    assert_eq!(true_len + dix::HEADER_LEN, bytes.len(), "vector has padding");
+    assert_eq!(
+        true_len + dix::HEADER_LEN,
+        bytes.len(),
+        "vector has padding"
+    );
     let mut lied = bytes.to_vec();
     let mut claims: Vec<usize> = (true_len + 1..true_len + 64).collect();
     claims.push(usize::from(u16::MAX));
