@@ -3,7 +3,8 @@
 //! `src/steer.bpf.c` is compiled by `build.rs` with `clang -O2 -g -target bpfel` and embedded in
 //! this crate ([`object`]). [`SteerProgram`] loads it with aya, attaches it to interfaces through
 //! a `bpf_link` (so nothing stays attached when the process dies), fills the `xsks` XSKMAP with
-//! AF_XDP sockets and reads the per-CPU counters.
+//! AF_XDP sockets and reads the per-CPU counters. [`SteerProgram::test_run`] runs the loaded
+//! program on a crafted frame (`BPF_PROG_TEST_RUN`), without any interface.
 //!
 //! What the program does with each received frame:
 //! - shorter than an Ethernet header: `XDP_PASS`, counted as [`Counters::runt`];
@@ -46,7 +47,7 @@ use std::{fmt, io, os::fd::AsRawFd};
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, MapData, MapError, PerCpuArray, XskMap},
-    programs::{Link as _, ProgramError, Xdp, XdpMode, xdp::XdpLink},
+    programs::{Link as _, ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLink},
 };
 
 /// EtherType steered when none is configured (the one Ouroboros' eth-dix layer uses by default).
@@ -208,6 +209,16 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    /// `BPF_PROG_TEST_RUN` failed (`EINVAL` for frames shorter than 14 bytes or longer than a
+    /// page).
+    #[error("test-running the XDP program on a {len}-byte frame: {source}")]
+    TestRun {
+        /// Length of the frame given.
+        len: usize,
+        /// aya's error, holding the syscall's.
+        #[source]
+        source: ProgramError,
+    },
     /// Reading the `stats` map failed.
     #[error("reading counter {index} of the `stats` map: {source}")]
     Counters {
@@ -305,6 +316,30 @@ impl From<String> for Interface {
 impl From<u32> for Interface {
     fn from(index: u32) -> Self {
         Self::Index(index)
+    }
+}
+
+/// What the program decided for a frame ([`SteerProgram::test_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// `XDP_PASS`: the frame goes to the kernel stack.
+    Pass,
+    /// `XDP_REDIRECT`: the frame goes to the AF_XDP socket of its queue.
+    Redirect,
+    /// Any other action (`XDP_ABORTED`, `XDP_DROP`, `XDP_TX`); this program never returns them.
+    Other(u32),
+}
+
+impl Verdict {
+    fn from_action(action: u32) -> Self {
+        // enum xdp_action in <linux/bpf.h>.
+        const XDP_PASS: u32 = 2;
+        const XDP_REDIRECT: u32 = 4;
+        match action {
+            XDP_PASS => Self::Pass,
+            XDP_REDIRECT => Self::Redirect,
+            other => Self::Other(other),
+        }
     }
 }
 
@@ -552,6 +587,25 @@ impl SteerProgram {
                 source,
             }),
         }
+    }
+
+    /// Runs the program once on `frame` in the kernel (`BPF_PROG_TEST_RUN`, no interface
+    /// involved; the frame arrives on RX queue 0) and returns its verdict. The counters count it
+    /// like a received frame. Useful to check the loaded program without any network.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TestRun`], e.g. `EINVAL` if `frame` is shorter than an Ethernet header (the
+    /// kernel refuses to run XDP on those) or longer than a page.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<Verdict, Error> {
+        let len = frame.len();
+        let program = self.program()?;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        let result = program
+            .test_run(options)
+            .map_err(|source| Error::TestRun { len, source })?;
+        Ok(Verdict::from_action(result.return_value))
     }
 
     /// The counters, summed over all CPUs.

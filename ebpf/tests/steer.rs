@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use o7s_ebpf::{DEFAULT_ETHERTYPE, Error, MAX_QUEUES, Mode, SteerProgram};
+use o7s_ebpf::{Counters, DEFAULT_ETHERTYPE, Error, MAX_QUEUES, Mode, SteerProgram, Verdict};
 use util::{ADDR_A, NetnsPair, can_run, in_netns, load_or_skip, wait_counters};
 
 const OTHER_ETHERTYPE: u16 = 0x88b5; // IEEE 802 local experimental
@@ -206,6 +206,57 @@ fn register_socket_checks() {
         steer.set_ethertype(0x05dc),
         Err(Error::InvalidEthertype(0x05dc))
     ));
+}
+
+/// The verdicts and counters for single frames run through `BPF_PROG_TEST_RUN` (no network).
+#[test]
+fn test_run_verdicts() {
+    let test = "test_run_verdicts";
+    if !can_run(test) {
+        return;
+    }
+    let Some(mut steer) = load_or_skip(test, DEFAULT_ETHERTYPE) else {
+        return;
+    };
+    let frame = |ethertype: u16| {
+        let mut frame = [0u8; 60];
+        frame[..6].fill(0xff);
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        frame
+    };
+    let ours = frame(DEFAULT_ETHERTYPE);
+    let other = frame(OTHER_ETHERTYPE);
+
+    // No socket registered: our frames fall back to the kernel.
+    assert_eq!(steer.test_run(&ours).expect("test_run"), Verdict::Pass);
+    assert_eq!(steer.test_run(&other).expect("test_run"), Verdict::Pass);
+    // Only the Ethernet header is looked at.
+    assert_eq!(
+        steer.test_run(&ours[..14]).expect("test_run"),
+        Verdict::Pass
+    );
+    let c = steer.counters().expect("counters");
+    let want = Counters {
+        matched: 2,
+        passed: 1,
+        redirect_failed: 2,
+        runt: 0,
+    };
+    assert_eq!(c, want);
+
+    // The kernel does not run XDP on frames shorter than an Ethernet header.
+    match steer.test_run(&ours[..10]) {
+        Err(e @ Error::TestRun { len: 10, .. }) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        }
+        other => panic!("expected Error::TestRun, got {other:?}"),
+    }
+
+    steer.set_ethertype(OTHER_ETHERTYPE).expect("set_ethertype");
+    assert_eq!(steer.test_run(&other).expect("test_run"), Verdict::Pass);
+    assert_eq!(steer.test_run(&ours).expect("test_run"), Verdict::Pass);
+    let c = steer.counters().expect("counters");
+    assert_eq!((c.matched, c.passed, c.redirect_failed), (3, 2, 3), "{c:?}");
 }
 
 const CHILD_NETNS: &str = "O7S_EBPF_CHILD_NETNS";

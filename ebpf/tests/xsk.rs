@@ -13,7 +13,7 @@ use std::{
 };
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
-use o7s_ebpf::{DEFAULT_ETHERTYPE, Mode};
+use o7s_ebpf::{DEFAULT_ETHERTYPE, Mode, Verdict};
 use util::{NetnsPair, can_run, in_netns, load_or_skip, wait_counters};
 use xdpilone::{IfInfo, Socket, SocketConfig, Umem, UmemConfig};
 
@@ -136,6 +136,15 @@ fn matching_frames_reach_the_registered_socket() {
         assert_eq!(d.matched, 6, "{d:?}");
         assert_eq!(d.redirect_failed, 2, "{d:?}");
         assert_eq!(rx.available(), 0, "nothing more on the socket");
+
+        // BPF_PROG_TEST_RUN sees the registered socket too (the test run reports the verdict
+        // without delivering the frame).
+        steer
+            .register_socket(0, user.as_raw_fd())
+            .expect("register_socket again");
+        let mut frame = [0u8; 60];
+        frame[12..14].copy_from_slice(&DEFAULT_ETHERTYPE.to_be_bytes());
+        assert_eq!(steer.test_run(&frame).expect("test_run"), Verdict::Redirect);
 
         drop(steer);
         drop((rx, user, device, socket, umem));
