@@ -35,10 +35,11 @@ const REPS: usize = 3;
 const SINGLE_PAIRS: u64 = 5_000_000;
 /// Length of each two-sided alloc+free window.
 const WINDOW: Duration = Duration::from_millis(400);
-/// Round trips per repetition, after `WARMUP_TRIPS` unmeasured ones.
-const RING_TRIPS: usize = 300_000;
-const PIPE_TRIPS: usize = 40_000;
+/// Measured time per ping-pong repetition, after `WARMUP_TRIPS` unmeasured round trips.
+const PINGPONG_WINDOW: Duration = Duration::from_millis(700);
 const WARMUP_TRIPS: usize = 2_000;
+/// The ping-pong word that ends a repetition (echoed, then the child stops).
+const STOP: [u8; 4] = u32::MAX.to_le_bytes();
 /// How long either side waits on a ring before deciding its peer is gone.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks the child keeps allocated in the "separate descriptor lines" case: 8 blocks of its
@@ -177,28 +178,37 @@ fn child_main() {
                 reply(&mut out, format!("done {pairs} {}", elapsed.as_nanos()));
             }
             Some("ring") => {
-                let (from, to, trips) = (num(1) as u32, num(2) as u32, num(3));
+                let (from, to) = (num(1) as u32, num(2) as u32);
                 let reader = pool
                     .ring_reader(from)
                     .expect("bench child: take ring reader");
                 let writer = pool.ring_writer(to).expect("bench child: take ring writer");
                 reply(&mut out, "ready".into());
-                for _ in 0..trips {
+                let mut trips = 0u64;
+                loop {
                     let packet = reader
                         .read(Some(IO_TIMEOUT))
                         .expect("bench child: ring read");
+                    let stop = packet.data() == STOP;
                     writer
                         .try_write(packet)
                         .map_err(|(_, e)| e)
                         .expect("bench child: ring write");
+                    trips += 1;
+                    if stop {
+                        break;
+                    }
                 }
-                reply(&mut out, "done".into());
+                reply(&mut out, format!("done {trips}"));
             }
             Some("pipe") => {
                 let mut buf = [0u8; 4];
-                for _ in 0..num(1) {
+                loop {
                     input.read_exact(&mut buf).expect("bench child: pipe read");
                     out.write_all(&buf).expect("bench child: pipe write");
+                    if buf == STOP {
+                        break;
+                    }
                 }
             }
             Some("quit") => return,
@@ -432,9 +442,8 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
         .ring_reader(back)
         .expect("cannot take the reader of ring child -> parent");
     let mut runs = Vec::new();
-    for rep in 0..REPS {
-        let total = WARMUP_TRIPS + RING_TRIPS;
-        peer.send(&format!("ring {there} {back} {total}"));
+    for _ in 0..REPS {
+        peer.send(&format!("ring {there} {back}"));
         assert_eq!(
             peer.recv(),
             "ready",
@@ -443,16 +452,12 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
         let mut packet = pool
             .try_alloc(4)
             .expect("cannot allocate the ping-pong block");
-        let tag = (rep as u32).to_le_bytes();
-        packet.data_mut().copy_from_slice(&tag);
-        let mut lat = Vec::with_capacity(RING_TRIPS);
+        packet.data_mut().copy_from_slice(&0u32.to_le_bytes());
+        let mut lat = Vec::with_capacity(1 << 20);
+        let mut trips = 0usize;
         let mut start = Instant::now();
         let mut prev = start;
-        for trip in 0..total {
-            if trip == WARMUP_TRIPS {
-                start = Instant::now();
-                prev = start;
-            }
+        loop {
             writer
                 .try_write(packet)
                 .map_err(|(_, e)| e)
@@ -461,24 +466,38 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
                 .read(Some(IO_TIMEOUT))
                 .expect("ring read (child -> parent)");
             let now = Instant::now();
-            if trip >= WARMUP_TRIPS {
+            trips += 1;
+            if trips > WARMUP_TRIPS {
                 lat.push((now - prev).as_nanos() as u64);
+                if now - start >= PINGPONG_WINDOW {
+                    break;
+                }
+            } else if trips == WARMUP_TRIPS {
+                start = now;
             }
             prev = now;
         }
         let secs = (prev - start).as_secs_f64();
-        if packet.data() != tag {
+        packet.data_mut().copy_from_slice(&STOP);
+        writer
+            .try_write(packet)
+            .map_err(|(_, e)| e)
+            .expect("ring write (stop)");
+        let packet = reader.read(Some(IO_TIMEOUT)).expect("ring read (stop)");
+        if packet.data() != STOP {
             eprintln!(
-                "warning: the ping-pong block came back with {:?}, sent {tag:?}",
+                "warning: the ping-pong block came back as {:?}",
                 packet.data()
             );
         }
         drop(packet);
-        assert_eq!(
-            peer.recv(),
-            "done",
-            "bench child did not finish its ring ping-pong"
-        );
+        let done = peer.recv();
+        if done != format!("done {}", trips + 1) {
+            eprintln!(
+                "warning: bench child answered {done:?} after {} round trips",
+                trips + 1
+            );
+        }
         runs.push(PingPong::from_latencies(lat, secs));
     }
     for ring in [there, back] {
@@ -492,18 +511,14 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
 fn pipe_pingpong(peer: &mut Peer) -> PingPong {
     let mut runs = Vec::new();
     for _ in 0..REPS {
-        let total = WARMUP_TRIPS + PIPE_TRIPS;
-        peer.send(&format!("pipe {total}"));
-        let mut lat = Vec::with_capacity(PIPE_TRIPS);
+        peer.send("pipe");
+        let mut lat = Vec::with_capacity(1 << 20);
         let mut buf = [0u8; 4];
+        let mut trips = 0usize;
         let mut start = Instant::now();
         let mut prev = start;
-        for trip in 0..total {
-            if trip == WARMUP_TRIPS {
-                start = Instant::now();
-                prev = start;
-            }
-            let word = (trip as u32).to_le_bytes();
+        loop {
+            let word = (trips as u32).to_le_bytes();
             peer.to
                 .write_all(&word)
                 .expect("pipe write (parent -> child)");
@@ -511,17 +526,53 @@ fn pipe_pingpong(peer: &mut Peer) -> PingPong {
                 .read_exact(&mut buf)
                 .expect("pipe read (child -> parent)");
             let now = Instant::now();
-            if buf != word {
-                panic!("pipe ping-pong out of step: sent {word:?}, got {buf:?}");
-            }
-            if trip >= WARMUP_TRIPS {
+            assert_eq!(buf, word, "pipe ping-pong out of step");
+            trips += 1;
+            if trips > WARMUP_TRIPS {
                 lat.push((now - prev).as_nanos() as u64);
+                if now - start >= PINGPONG_WINDOW {
+                    break;
+                }
+            } else if trips == WARMUP_TRIPS {
+                start = now;
             }
             prev = now;
         }
-        runs.push(PingPong::from_latencies(lat, (prev - start).as_secs_f64()));
+        let secs = (prev - start).as_secs_f64();
+        peer.to.write_all(&STOP).expect("pipe write (stop)");
+        peer.from.read_exact(&mut buf).expect("pipe read (stop)");
+        assert_eq!(buf, STOP, "pipe ping-pong out of step at the stop word");
+        runs.push(PingPong::from_latencies(lat, secs));
     }
     best_pingpong(runs)
+}
+
+/// How many CPUs' worth of time two busy threads get here (2.00 on an idle two-core machine):
+/// other load on the machine shows up in every two-sided figure, so the table reports it.
+fn cpus_for_two() -> f64 {
+    let work = || {
+        let start = Instant::now();
+        let mut x = 0u64;
+        for i in 0..30_000_000u64 {
+            x = black_box(x.wrapping_add(i));
+        }
+        black_box(x);
+        start.elapsed()
+    };
+    let one = work();
+    let two = std::thread::scope(|s| {
+        let other = s.spawn(work);
+        let mine = work();
+        mine.max(other.join().expect("CPU check thread panicked"))
+    });
+    2.0 * one.as_secs_f64() / two.as_secs_f64()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn parent_main() {
@@ -540,17 +591,23 @@ fn parent_main() {
         .expect("a 64-byte payload fits some class");
     let shards = layout.config.shards;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load_before = load_average();
+    let cpu_check = cpus_for_two();
 
+    println!("o7s-pool benchmark: pool {name:?} (PoolConfig::shared_default), pid {me}");
     println!(
-        "o7s-pool benchmark: pool {name:?} (PoolConfig::shared_default), pid {me}, {cpus} CPUs"
+        "try_alloc({PAYLOAD}) takes the {}-byte class: {} blocks in {shards} shards, home shard = \
+         pid % {shards}",
+        class.block_size, class.blocks
     );
     println!(
-        "try_alloc({PAYLOAD}) uses the {}-byte class: {} blocks in {shards} shards (home shard = pid % {shards})",
-        class.block_size, class.blocks
+        "machine: {cpus} CPUs, load average {load_before}; two busy threads got {cpu_check:.2} \
+         CPUs' worth (2.00 = both cores free for us)"
     );
     let baseline_list = || Mutex::new((0..class.blocks).collect::<Vec<u32>>());
 
     // 1. One process.
+    let phase = Instant::now();
     let _ = pool_pairs(&pool, SINGLE_PAIRS / 10); // warm-up
     let single = best((0..REPS).map(|_| Run {
         pairs: SINGLE_PAIRS,
@@ -563,18 +620,20 @@ fn parent_main() {
         secs: mutex_pairs(&list, SINGLE_PAIRS).as_secs_f64(),
     }));
     let r1 = single.ns_per_pair() / single_base.ns_per_pair();
+    let phase1 = phase.elapsed();
 
     // 2. Two at once.
+    let phase = Instant::now();
     let mut apart = spawn_with_shard(&name, me, shards, false);
+    let apart_shard = apart.as_ref().map(|p| (p.pid % shards).to_string());
     let two_apart = apart.as_mut().map(|peer| contended(&pool, peer, 0));
     let two_apart_lines = apart
         .as_mut()
         .map(|peer| contended(&pool, peer, HOLD_APART));
     let two_same = spawn_with_shard(&name, me, shards, true).map(|mut peer| {
         let d = contended(&pool, &mut peer, 0);
-        let pid = peer.pid;
         peer.quit();
-        (d, pid)
+        d
     });
     let list = baseline_list();
     let barrier = Barrier::new(2);
@@ -589,9 +648,10 @@ fn parent_main() {
             duo(mine, other.join().expect("baseline thread panicked"))
         })
     }));
+    let phase2 = phase.elapsed();
 
     // 3. Ping-pong, with a child whichever shard it has.
-    let apart_shard = apart.as_ref().map(|p| (p.pid % shards).to_string());
+    let phase = Instant::now();
     let mut peer = match apart {
         Some(peer) => peer,
         None => Peer::spawn(&name),
@@ -600,10 +660,14 @@ fn parent_main() {
     let pipes = pipe_pingpong(&mut peer);
     peer.quit();
     let r2 = rings.msgs_per_sec() / pipes.msgs_per_sec();
+    let phase3 = phase.elapsed();
 
     // The table.
     println!();
-    println!("1. alloc+free pairs, one process (best of {REPS} x {SINGLE_PAIRS} pairs)");
+    println!(
+        "1. alloc+free pairs, one process (best of {REPS} x {SINGLE_PAIRS} pairs; took {:.1} s)",
+        phase1.as_secs_f64()
+    );
     println!("   {:<52} {:>10} {:>12}", "case", "ns/pair", "pairs/s");
     for (label, run) in [
         (format!("pool: try_alloc({PAYLOAD}) + drop"), single),
@@ -622,9 +686,12 @@ fn parent_main() {
 
     println!();
     println!(
-        "2. alloc+free pairs, two at once on one class (best of {REPS} x {} ms; ns/pair = wall \
-         time per pair of both together; per side = each side's own ns/pair)",
-        WINDOW.as_millis()
+        "2. alloc+free pairs, two at once on one class (best of {REPS} x {} ms; took {:.1} s)",
+        WINDOW.as_millis(),
+        phase2.as_secs_f64()
+    );
+    println!(
+        "   ns/pair = wall time per pair done by both together; per side = each side's own ns/pair"
     );
     println!(
         "   {:<68} {:>8} {:>10} {:>16}",
@@ -638,24 +705,23 @@ fn parent_main() {
             d.sides[0],
             d.sides[1]
         ),
-        None => println!("   {label:<68} (no child with that pid % {shards} within 32 spawns)"),
+        None => println!("   {label:<68} (no child with a fitting pid in 32 spawns)"),
     };
+    let apart_shard = apart_shard.as_deref().unwrap_or("?");
     row(
         format!(
-            "pool: 2 processes, home shards {} and {}",
-            me % shards,
-            apart_shard.as_deref().unwrap_or("?")
+            "pool: 2 processes, home shards {} and {apart_shard}",
+            me % shards
         ),
         two_apart,
     );
     row(
-        format!("pool: same, child first holds {HOLD_APART} blocks (hot descriptors apart)"),
+        format!("pool: as above, child holds {HOLD_APART} blocks (hot descriptors apart)"),
         two_apart_lines,
     );
-    let same_pid = two_same.as_ref().map_or(me, |(_, pid)| *pid);
     row(
-        format!("pool: 2 processes, both home shard {}", same_pid % shards),
-        two_same.map(|(d, _)| d),
+        format!("pool: 2 processes, both home shard {}", me % shards),
+        two_same,
     );
     row(
         "baseline: 2 threads, one Mutex<Vec<u32>>".to_owned(),
@@ -669,19 +735,22 @@ fn parent_main() {
 
     println!();
     println!(
-        "3. ping-pong between two processes (best of {REPS}; messages/s counts both directions; \
-         rings: {RING_TRIPS} round trips, pipes: {PIPE_TRIPS})"
+        "3. ping-pong between two processes (best of {REPS} x {} ms; a message is one direction, \
+         two per round trip; took {:.1} s)",
+        PINGPONG_WINDOW.as_millis(),
+        phase3.as_secs_f64()
     );
     println!(
-        "   {:<52} {:>12} {:>12} {:>12}",
-        "case", "messages/s", "median RTT", "p99 RTT"
+        "   {:<44} {:>12} {:>12} {:>12} {:>12}",
+        "case", "round trips", "messages/s", "median RTT", "p99 RTT"
     );
     for (label, p) in [
-        ("pool: block index over two flow rings".to_owned(), &rings),
-        ("baseline: 4 bytes over two pipes".to_owned(), &pipes),
+        ("pool: block index over two flow rings", &rings),
+        ("baseline: 4 bytes over two pipes", &pipes),
     ] {
         println!(
-            "   {label:<52} {:>12} {:>12} {:>12}",
+            "   {label:<44} {:>12} {:>12} {:>12} {:>12}",
+            p.trips,
             mega(p.msgs_per_sec()),
             micros(p.median_ns),
             micros(p.p99_ns)
@@ -704,6 +773,10 @@ fn parent_main() {
             report.problems
         );
     }
-    println!("total bench time {:.1} s", wall.elapsed().as_secs_f64());
+    println!(
+        "total bench time {:.1} s; load average {load_before} before, {} after",
+        wall.elapsed().as_secs_f64(),
+        load_average()
+    );
     println!("pool: alloc/mutex-baseline {r1:.2}, ring/pipe {r2:.2}");
 }

@@ -17,6 +17,8 @@
 mod desc;
 mod error;
 mod evset;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod packet;
 mod pool;

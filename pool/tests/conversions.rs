@@ -138,3 +138,13 @@ proptest! {
 fn the_shared_test_pool_is_consistent_after_the_properties() {
     assert_verified(shared_pool());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// The fuzz oracle over random call sequences (the cargo-fuzz target runs the same).
+    #[test]
+    fn random_call_sequences_keep_the_pool_consistent(data in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let name = ShmName::new("fuzz-ops");
+        o7s_pool::fuzzing::run_ops(&name.0, &data);
+    }
+}
