@@ -48,7 +48,11 @@ const HELD: u64 = 4;
 
 impl DescWord {
     pub fn new(place: Place) -> Self {
-        Self { place, holds: 0, holder: 0 }
+        Self {
+            place,
+            holds: 0,
+            holder: 0,
+        }
     }
 
     pub fn encode(self) -> u64 {

@@ -41,10 +41,18 @@ pub enum Error {
     BadIndex(u32),
     /// The calling process does not own the block in the way the call needs.
     #[error("block {index} is {place:?}, not owned by this process (pid {pid})")]
-    NotOwner { index: u32, place: Option<Place>, pid: u32 },
+    NotOwner {
+        index: u32,
+        place: Option<Place>,
+        pid: u32,
+    },
     /// Push/pull past the block's edges.
     #[error("not enough {what}: need {need} bytes, have {have}")]
-    NoRoom { what: &'static str, need: usize, have: usize },
+    NoRoom {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// A block already has the most extra references one descriptor can count, or another
     /// process holds them.
     #[error("block {index} cannot take another hold: {reason}")]
@@ -68,7 +76,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn sys(call: &'static str, name: &str, source: io::Error) -> Self {
-        Self::Sys { call, name: name.to_owned(), source }
+        Self::Sys {
+            call,
+            name: name.to_owned(),
+            source,
+        }
     }
 
     /// True for "try again later" errors ([`Error::WouldBlock`]).

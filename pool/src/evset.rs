@@ -41,7 +41,11 @@ pub struct EventSetConfig {
 
 impl Default for EventSetConfig {
     fn default() -> Self {
-        Self { queues: 32, capacity: 1024, max_flows: 4096 }
+        Self {
+            queues: 32,
+            capacity: 1024,
+            max_flows: 4096,
+        }
     }
 }
 
@@ -98,7 +102,12 @@ fn total_len(cfg: &EventSetConfig) -> Option<usize> {
 }
 
 fn check_config(cfg: &EventSetConfig) -> Result<usize> {
-    if cfg.queues == 0 || cfg.queues > 1024 || cfg.capacity == 0 || cfg.capacity > 1 << 20 || cfg.max_flows > 1 << 22 {
+    if cfg.queues == 0
+        || cfg.queues > 1024
+        || cfg.capacity == 0
+        || cfg.capacity > 1 << 20
+        || cfg.max_flows > 1 << 22
+    {
         return Err(Error::BadConfig(format!(
             "event set: queues 1..=1024, capacity 1..=2^20, max_flows ..=2^22 (got {cfg:?})"
         )));
@@ -111,7 +120,8 @@ impl EventSet {
     /// with that owner, or 0660 when the creator keeps it).
     pub fn create(name: &str, cfg: EventSetConfig, owner_uid: Option<u32>) -> Result<Self> {
         let len = check_config(&cfg)?;
-        let fd = sys::shm_create(name, 0o660).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
+        let fd =
+            sys::shm_create(name, 0o660).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
         let setup = || -> Result<Self> {
             if let Some(uid) = owner_uid.filter(|&u| u != sys::geteuid()) {
                 sys::fchown(&fd, Some(uid), None).map_err(|e| Error::sys("fchown", name, e))?;
@@ -143,24 +153,37 @@ impl EventSet {
     /// Maps an existing set.
     pub fn open(name: &str) -> Result<Self> {
         let fd = sys::shm_open(name).map_err(|e| Error::sys("shm_open", name, e))?;
-        let corrupt = |reason: String| Error::Corrupt { name: name.to_owned(), reason };
+        let corrupt = |reason: String| Error::Corrupt {
+            name: name.to_owned(),
+            reason,
+        };
         let (size, ..) = sys::fstat(&fd).map_err(|e| Error::sys("fstat", name, e))?;
         if (size as usize) < HEADER_SIZE {
-            return Err(Error::NotReady { name: name.to_owned() });
+            return Err(Error::NotReady {
+                name: name.to_owned(),
+            });
         }
         let map = Mapping::map(&fd, size as usize).map_err(|e| Error::sys("mmap", name, e))?;
         // SAFETY: at least HEADER_SIZE bytes are mapped.
         let h = unsafe { &*(map.base() as *const Header) };
         if h.ready.load(Ordering::Acquire) != READY {
-            return Err(Error::NotReady { name: name.to_owned() });
+            return Err(Error::NotReady {
+                name: name.to_owned(),
+            });
         }
         if h.magic != MAGIC || h.version != VERSION {
             return Err(corrupt("not an o7s event set of this version".into()));
         }
-        let cfg = EventSetConfig { queues: h.queues, capacity: h.capacity, max_flows: h.max_flows };
+        let cfg = EventSetConfig {
+            queues: h.queues,
+            capacity: h.capacity,
+            max_flows: h.max_flows,
+        };
         let len = check_config(&cfg).map_err(|e| corrupt(e.to_string()))?;
         if len != size as usize {
-            return Err(corrupt(format!("object is {size} bytes, header describes {len}")));
+            return Err(corrupt(format!(
+                "object is {size} bytes, header describes {len}"
+            )));
         }
         Ok(Self { map, cfg })
     }
@@ -176,7 +199,10 @@ impl EventSet {
         let _g = self.lock();
         let cur = slot.load(Ordering::Relaxed);
         if cur != 0 && cur != queue + 1 {
-            return Err(Error::BadConfig(format!("flow {flow} is already in queue {}", cur - 1)));
+            return Err(Error::BadConfig(format!(
+                "flow {flow} is already in queue {}",
+                cur - 1
+            )));
         }
         slot.store(queue + 1, Ordering::Relaxed);
         Ok(())
@@ -198,7 +224,9 @@ impl EventSet {
 
     /// Reports an event on `flow` to the queue watching it.
     pub fn notify(&self, flow: u32, kind: u32) -> Result<Notified> {
-        let Some(queue) = self.queue_of(flow) else { return Ok(Notified::NotWatched) };
+        let Some(queue) = self.queue_of(flow) else {
+            return Ok(Notified::NotWatched);
+        };
         let q = self.queue(queue);
         let outcome = {
             let _g = self.lock();
@@ -230,7 +258,10 @@ impl EventSet {
         let n = q.count.load(Ordering::Acquire).min(self.cfg.capacity);
         out.extend((0..n).map(|k| {
             let e = self.entry(queue, k);
-            Event { flow: e[0].load(Ordering::Relaxed), kind: e[1].load(Ordering::Relaxed) }
+            Event {
+                flow: e[0].load(Ordering::Relaxed),
+                kind: e[1].load(Ordering::Relaxed),
+            }
         }));
         q.count.store(0, Ordering::Relaxed);
         let overflowed = q.overflowed.swap(0, Ordering::Relaxed) != 0;
@@ -238,19 +269,27 @@ impl EventSet {
     }
 
     /// Waits until `queue` has events (or an overflow to report), then takes them all.
-    pub fn wait(&self, queue: u32, out: &mut Vec<Event>, timeout: Option<Duration>) -> Result<WaitOutcome> {
+    pub fn wait(
+        &self,
+        queue: u32,
+        out: &mut Vec<Event>,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome> {
         self.check_queue(queue)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let q = self.queue(queue);
         loop {
             let seq = q.seq.load(Ordering::SeqCst);
             q.waiters.fetch_add(1, Ordering::SeqCst);
-            let pending = q.count.load(Ordering::SeqCst) != 0 || q.overflowed.load(Ordering::SeqCst) != 0;
+            let pending =
+                q.count.load(Ordering::SeqCst) != 0 || q.overflowed.load(Ordering::SeqCst) != 0;
             if !pending {
                 let left = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
                     Some(None) => {
                         q.waiters.fetch_sub(1, Ordering::SeqCst);
-                        return Err(Error::TimedOut { what: "flow events" });
+                        return Err(Error::TimedOut {
+                            what: "flow events",
+                        });
                     }
                     Some(Some(left)) => Some(left),
                     None => None,
@@ -270,7 +309,10 @@ impl EventSet {
         if queue < self.cfg.queues {
             Ok(())
         } else {
-            Err(Error::BadConfig(format!("no event queue {queue} (the set has {})", self.cfg.queues)))
+            Err(Error::BadConfig(format!(
+                "no event queue {queue} (the set has {})",
+                self.cfg.queues
+            )))
         }
     }
 
@@ -300,7 +342,10 @@ impl EventSet {
 
     fn flow_slot(&self, flow: u32) -> Result<&AtomicU32> {
         if flow >= self.cfg.max_flows {
-            return Err(Error::BadConfig(format!("flow {flow} beyond the set's {} flows", self.cfg.max_flows)));
+            return Err(Error::BadConfig(format!(
+                "flow {flow} beyond the set's {} flows",
+                self.cfg.max_flows
+            )));
         }
         let off = self.queue_offset(self.cfg.queues) + 4 * flow as usize;
         // SAFETY: flow < max_flows, inside the mapping.
@@ -332,10 +377,10 @@ impl EventSet {
             }
         }
         for flow in 0..self.cfg.max_flows {
-            if let Ok(slot) = self.flow_slot(flow) {
-                if slot.load(Ordering::Relaxed) > self.cfg.queues {
-                    slot.store(0, Ordering::Relaxed);
-                }
+            if let Ok(slot) = self.flow_slot(flow)
+                && slot.load(Ordering::Relaxed) > self.cfg.queues
+            {
+                slot.store(0, Ordering::Relaxed);
             }
         }
     }

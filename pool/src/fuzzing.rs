@@ -59,10 +59,10 @@ pub fn run_ops(name: &str, data: &[u8]) {
                 }
             }
             7 => {
-                if let Some(p) = live.last() {
-                    if p.hold().is_ok() {
-                        held.push(p.index());
-                    }
+                if let Some(p) = live.last()
+                    && p.hold().is_ok()
+                {
+                    held.push(p.index());
                 }
             }
             8 => {
@@ -88,21 +88,20 @@ pub fn run_ops(name: &str, data: &[u8]) {
                 }
             }
             10 => {
-                if let (Some(r), Some(p)) = (ring, live.pop()) {
-                    if let Ok(w) = pool.ring_writer(r) {
-                        if let Err((p, _)) = w.try_write(p) {
-                            live.push(p);
-                        }
-                    }
+                if let (Some(r), Some(p)) = (ring, live.pop())
+                    && let Ok(w) = pool.ring_writer(r)
+                    && let Err((p, _)) = w.try_write(p)
+                {
+                    live.push(p);
                 }
             }
             11 => {
-                if let Some(r) = ring {
-                    if let Ok(rd) = pool.ring_reader(r) {
-                        let mut out = [0u32; 8];
-                        let k = rd.try_read_batch(&mut out[..n % 8]).unwrap_or(0);
-                        loose.extend_from_slice(&out[..k]);
-                    }
+                if let Some(r) = ring
+                    && let Ok(rd) = pool.ring_reader(r)
+                {
+                    let mut out = [0u32; 8];
+                    let k = rd.try_read_batch(&mut out[..n % 8]).unwrap_or(0);
+                    loose.extend_from_slice(&out[..k]);
                 }
             }
             12 => {
@@ -141,7 +140,10 @@ pub fn run_ops(name: &str, data: &[u8]) {
     }
     drop(live);
     for index in loose {
-        assert!(pool.release(index).is_ok(), "release of a block read from the ring");
+        assert!(
+            pool.release(index).is_ok(),
+            "release of a block read from the ring"
+        );
     }
     for index in lent {
         let _ = pool.take_from_kernel(index);
@@ -150,7 +152,10 @@ pub fn run_ops(name: &str, data: &[u8]) {
         assert!(pool.unhold(index).is_ok(), "final unhold");
     }
     if let Some(r) = ring {
-        let _ = pool.ring_clear_flags(r, RingFlags::FLOW_DOWN | RingFlags::READ_ONLY | RingFlags::PEER_GONE);
+        let _ = pool.ring_clear_flags(
+            r,
+            RingFlags::FLOW_DOWN | RingFlags::READ_ONLY | RingFlags::PEER_GONE,
+        );
         let _ = pool.ring_destroy(r);
     }
     let report = pool.verify();

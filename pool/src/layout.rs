@@ -59,13 +59,34 @@ impl PoolConfig {
     pub fn shared_default() -> Self {
         Self {
             classes: vec![
-                ClassConfig { block_size: 256, blocks: 1024 },
-                ClassConfig { block_size: 512, blocks: 768 },
-                ClassConfig { block_size: 1024, blocks: 512 },
-                ClassConfig { block_size: 2048, blocks: 384 },
-                ClassConfig { block_size: FRAME_SIZE, blocks: 16384 },
-                ClassConfig { block_size: 16384, blocks: 128 },
-                ClassConfig { block_size: 65536, blocks: 64 },
+                ClassConfig {
+                    block_size: 256,
+                    blocks: 1024,
+                },
+                ClassConfig {
+                    block_size: 512,
+                    blocks: 768,
+                },
+                ClassConfig {
+                    block_size: 1024,
+                    blocks: 512,
+                },
+                ClassConfig {
+                    block_size: 2048,
+                    blocks: 384,
+                },
+                ClassConfig {
+                    block_size: FRAME_SIZE,
+                    blocks: 16384,
+                },
+                ClassConfig {
+                    block_size: 16384,
+                    blocks: 128,
+                },
+                ClassConfig {
+                    block_size: 65536,
+                    blocks: 64,
+                },
             ],
             shards: 4,
             rings: 1024,
@@ -90,10 +111,22 @@ impl PoolConfig {
     pub fn small() -> Self {
         Self {
             classes: vec![
-                ClassConfig { block_size: 256, blocks: 64 },
-                ClassConfig { block_size: 1024, blocks: 64 },
-                ClassConfig { block_size: FRAME_SIZE, blocks: 128 },
-                ClassConfig { block_size: 65536, blocks: 8 },
+                ClassConfig {
+                    block_size: 256,
+                    blocks: 64,
+                },
+                ClassConfig {
+                    block_size: 1024,
+                    blocks: 64,
+                },
+                ClassConfig {
+                    block_size: FRAME_SIZE,
+                    blocks: 128,
+                },
+                ClassConfig {
+                    block_size: 65536,
+                    blocks: 8,
+                },
             ],
             shards: 4,
             rings: 16,
@@ -168,7 +201,10 @@ impl Layout {
     pub fn compute(config: &PoolConfig) -> Result<Self> {
         let c = config;
         if c.shards == 0 || c.shards > MAX_SHARDS {
-            return Err(bad(format!("shards must be 1..={MAX_SHARDS}, not {}", c.shards)));
+            return Err(bad(format!(
+                "shards must be 1..={MAX_SHARDS}, not {}",
+                c.shards
+            )));
         }
         if !c.ring_capacity.is_power_of_two()
             || !(MIN_RING_CAPACITY..=MAX_RING_CAPACITY).contains(&c.ring_capacity)
@@ -268,19 +304,30 @@ impl Layout {
         let data_len = align_up(data, PAGE).ok_or_else(overflow)?;
         let desc_offset = off;
         off = off
-            .checked_add(DESC_SIZE.checked_mul(total_blocks as usize).ok_or_else(overflow)?)
+            .checked_add(
+                DESC_SIZE
+                    .checked_mul(total_blocks as usize)
+                    .ok_or_else(overflow)?,
+            )
             .and_then(|o| align_up(o, CACHE_LINE))
             .ok_or_else(overflow)?;
         let rings_offset = off;
         let ring_stride = align_up(RING_HEADER_SIZE + 4 * c.ring_capacity as usize, CACHE_LINE)
             .ok_or_else(overflow)?;
         off = off
-            .checked_add(ring_stride.checked_mul(c.rings as usize).ok_or_else(overflow)?)
+            .checked_add(
+                ring_stride
+                    .checked_mul(c.rings as usize)
+                    .ok_or_else(overflow)?,
+            )
             .ok_or_else(overflow)?;
         let data_offset = align_up(off, PAGE).ok_or_else(overflow)?;
         let total_len = data_offset.checked_add(data_len).ok_or_else(overflow)?;
         Ok(Self {
-            config: PoolConfig { classes, ..config.clone() },
+            config: PoolConfig {
+                classes,
+                ..config.clone()
+            },
             classes: layouts,
             frame_class,
             total_blocks,
@@ -295,7 +342,10 @@ impl Layout {
 
     /// The class a global block index belongs to.
     pub fn class_of(&self, index: u32) -> Option<(usize, &ClassLayout)> {
-        self.classes.iter().enumerate().find(|(_, k)| k.contains(index))
+        self.classes
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.contains(index))
     }
 
     /// The smallest class whose blocks hold `len` payload bytes plus head- and tailroom.
@@ -308,7 +358,9 @@ impl Layout {
         let need = len
             .checked_add(headroom)?
             .checked_add(self.config.tailroom as usize)?;
-        self.classes.iter().position(|k| k.block_size as usize >= need)
+        self.classes
+            .iter()
+            .position(|k| k.block_size as usize >= need)
     }
 
     /// The largest payload a freshly allocated packet can take.
@@ -329,8 +381,12 @@ impl Layout {
         self.classes.iter().find_map(|k| {
             let rel = addr.checked_sub(k.data_offset)?;
             let n = rel / u64::from(k.block_size);
-            (n < u64::from(k.blocks))
-                .then(|| (k.first_index + n as u32, (rel % u64::from(k.block_size)) as u32))
+            (n < u64::from(k.blocks)).then(|| {
+                (
+                    k.first_index + n as u32,
+                    (rel % u64::from(k.block_size)) as u32,
+                )
+            })
         })
     }
 
@@ -345,7 +401,11 @@ mod test {
 
     #[test]
     fn defaults_lay_out() {
-        for cfg in [PoolConfig::shared_default(), PoolConfig::per_user_default(), PoolConfig::small()] {
+        for cfg in [
+            PoolConfig::shared_default(),
+            PoolConfig::per_user_default(),
+            PoolConfig::small(),
+        ] {
             let l = Layout::compute(&cfg).expect("valid");
             assert_eq!(l.data_offset % PAGE, 0);
             let frame = l.classes[l.frame_class];
@@ -364,7 +424,10 @@ mod test {
         c.classes.retain(|k| k.block_size != FRAME_SIZE);
         assert!(Layout::compute(&c).is_err());
         let mut c = PoolConfig::small();
-        c.classes.push(ClassConfig { block_size: 3000, blocks: 1 });
+        c.classes.push(ClassConfig {
+            block_size: 3000,
+            blocks: 1,
+        });
         assert!(Layout::compute(&c).is_err());
         let mut c = PoolConfig::small();
         c.shards = 0;
@@ -373,7 +436,10 @@ mod test {
         c.headroom = 65536 - 32;
         assert!(Layout::compute(&c).is_err());
         let mut c = PoolConfig::small();
-        c.classes.push(ClassConfig { block_size: 1 << 20, blocks: u32::MAX });
+        c.classes.push(ClassConfig {
+            block_size: 1 << 20,
+            blocks: u32::MAX,
+        });
         assert!(Layout::compute(&c).is_err());
     }
 }

@@ -33,7 +33,14 @@ impl fmt::Debug for Packet<'_> {
 impl<'p> Packet<'p> {
     pub(crate) fn new(pool: &'p Pool, index: u32, head: u32, tail: u32) -> Self {
         let (block, size) = pool.block_ptr(index);
-        Self { pool, index, block, size, head, tail }
+        Self {
+            pool,
+            index,
+            block,
+            size,
+            head,
+            tail,
+        }
     }
 
     pub fn index(&self) -> u32 {
@@ -100,7 +107,11 @@ impl<'p> Packet<'p> {
     /// Grows the payload by `n` bytes at the front and returns them (to write a header).
     pub fn push_head(&mut self, n: usize) -> Result<&mut [u8]> {
         if n > self.head as usize {
-            return Err(Error::NoRoom { what: "headroom", need: n, have: self.head as usize });
+            return Err(Error::NoRoom {
+                what: "headroom",
+                need: n,
+                have: self.head as usize,
+            });
         }
         self.head -= n as u32;
         let h = self.head as usize;
@@ -110,7 +121,11 @@ impl<'p> Packet<'p> {
     /// Strips `n` bytes from the front of the payload.
     pub fn pull_head(&mut self, n: usize) -> Result<()> {
         if n > self.len() {
-            return Err(Error::NoRoom { what: "payload", need: n, have: self.len() });
+            return Err(Error::NoRoom {
+                what: "payload",
+                need: n,
+                have: self.len(),
+            });
         }
         self.head += n as u32;
         Ok(())
@@ -119,7 +134,11 @@ impl<'p> Packet<'p> {
     /// Grows the payload by `n` bytes at the back and returns them (to write a trailer).
     pub fn push_tail(&mut self, n: usize) -> Result<&mut [u8]> {
         if n > self.tailroom() {
-            return Err(Error::NoRoom { what: "tailroom", need: n, have: self.tailroom() });
+            return Err(Error::NoRoom {
+                what: "tailroom",
+                need: n,
+                have: self.tailroom(),
+            });
         }
         let t = self.tail as usize;
         self.tail += n as u32;
@@ -129,7 +148,11 @@ impl<'p> Packet<'p> {
     /// Strips `n` bytes from the back of the payload.
     pub fn pull_tail(&mut self, n: usize) -> Result<()> {
         if n > self.len() {
-            return Err(Error::NoRoom { what: "payload", need: n, have: self.len() });
+            return Err(Error::NoRoom {
+                what: "payload",
+                need: n,
+                have: self.len(),
+            });
         }
         self.tail -= n as u32;
         Ok(())
@@ -146,7 +169,11 @@ impl<'p> Packet<'p> {
     /// kernel put the frame).
     pub fn set_bounds(&mut self, head: usize, tail: usize) -> Result<()> {
         if head > tail || tail > self.size as usize {
-            return Err(Error::NoRoom { what: "block bytes", need: tail.max(head), have: self.size as usize });
+            return Err(Error::NoRoom {
+                what: "block bytes",
+                need: tail.max(head),
+                have: self.size as usize,
+            });
         }
         self.head = head as u32;
         self.tail = tail as u32;

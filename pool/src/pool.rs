@@ -114,7 +114,8 @@ impl Pool {
             Access::Shared => 0o660,
             Access::User { .. } => 0o600,
         };
-        let fd = sys::shm_create(name, mode).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
+        let fd =
+            sys::shm_create(name, mode).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
         let result = Self::init_object(name, fd, layout, access);
         if result.is_err() {
             let _ = sys::shm_unlink(name);
@@ -135,9 +136,15 @@ impl Pool {
                 }
             }
         }
-        sys::ftruncate(&fd, layout.total_len as u64).map_err(|e| Error::sys("ftruncate", name, e))?;
+        sys::ftruncate(&fd, layout.total_len as u64)
+            .map_err(|e| Error::sys("ftruncate", name, e))?;
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
-        let pool = Self { map, layout, name: name.to_owned(), pid: sys::getpid() };
+        let pool = Self {
+            map,
+            layout,
+            name: name.to_owned(),
+            pid: sys::getpid(),
+        };
         pool.initialise()?;
         Ok(pool)
     }
@@ -200,7 +207,10 @@ impl Pool {
     /// the layout its header describes.
     pub fn open(name: &str) -> Result<Self> {
         let fd = sys::shm_open(name).map_err(|e| Error::sys("shm_open", name, e))?;
-        let corrupt = |reason: String| Error::Corrupt { name: name.to_owned(), reason };
+        let corrupt = |reason: String| Error::Corrupt {
+            name: name.to_owned(),
+            reason,
+        };
         let deadline = Instant::now() + READY_WAIT;
         // The creator may still be between ftruncate and the header write.
         let size = loop {
@@ -209,7 +219,9 @@ impl Pool {
                 break size;
             }
             if Instant::now() > deadline {
-                return Err(Error::NotReady { name: name.to_owned() });
+                return Err(Error::NotReady {
+                    name: name.to_owned(),
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         };
@@ -218,7 +230,9 @@ impl Pool {
         let header = unsafe { &*(probe.base() as *const Header) };
         while header.ready.load(Ordering::Acquire) != READY {
             if Instant::now() > deadline {
-                return Err(Error::NotReady { name: name.to_owned() });
+                return Err(Error::NotReady {
+                    name: name.to_owned(),
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -226,7 +240,10 @@ impl Pool {
             return Err(corrupt("bad magic".into()));
         }
         if header.version != VERSION {
-            return Err(corrupt(format!("version {} (this build reads {VERSION})", header.version)));
+            return Err(corrupt(format!(
+                "version {} (this build reads {VERSION})",
+                header.version
+            )));
         }
         let n = header.nclasses as usize;
         if n > MAX_CLASSES {
@@ -257,7 +274,12 @@ impl Pool {
             )));
         }
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
-        Ok(Self { map, layout, name: name.to_owned(), pid: sys::getpid() })
+        Ok(Self {
+            map,
+            layout,
+            name: name.to_owned(),
+            pid: sys::getpid(),
+        })
     }
 
     /// Removes the object's name; mappings stay valid until dropped.
@@ -305,7 +327,10 @@ impl Pool {
                 have: class.block_size as usize,
             });
         }
-        let base = self.layout.block_offset(index).ok_or(Error::BadIndex(index))?;
+        let base = self
+            .layout
+            .block_offset(index)
+            .ok_or(Error::BadIndex(index))?;
         Ok(base + u64::from(offset))
     }
 
@@ -328,7 +353,10 @@ impl Pool {
     /// As [`Pool::try_alloc`] with a headroom of the caller's choice (e.g. small control
     /// packets that need few lower headers, which then fit the smallest class).
     pub fn try_alloc_with(&self, len: usize, headroom: usize) -> Result<Packet<'_>> {
-        let too_large = Error::TooLarge { len, max: self.layout.max_len() };
+        let too_large = Error::TooLarge {
+            len,
+            max: self.layout.max_len(),
+        };
         let first = self.layout.class_for(len, headroom).ok_or(too_large)?;
         for c in first..self.layout.classes.len() {
             if let Some(index) = self.pop_any(c) {
@@ -336,7 +364,9 @@ impl Pool {
                 return Ok(Packet::new(self, index, head, tail));
             }
         }
-        Err(Error::WouldBlock { what: "pool blocks" })
+        Err(Error::WouldBlock {
+            what: "pool blocks",
+        })
     }
 
     /// As [`Pool::try_alloc`], waiting for a free block until `timeout` (None: forever).
@@ -353,7 +383,9 @@ impl Pool {
         let head = self.layout.config.headroom;
         self.pop_any(self.layout.frame_class)
             .map(|index| Packet::new(self, index, head, head))
-            .ok_or(Error::WouldBlock { what: "frame blocks" })
+            .ok_or(Error::WouldBlock {
+                what: "frame blocks",
+            })
     }
 
     fn wait_for<T>(
@@ -437,9 +469,12 @@ impl Pool {
         {
             let _guard = self.lock_shard(c, s);
             let free = DescWord::new(Place::Free { shard: s }).encode();
-            self.desc(index)
-                .word
-                .compare_exchange(expected, free, Ordering::Release, Ordering::Relaxed)?;
+            self.desc(index).word.compare_exchange(
+                expected,
+                free,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )?;
             let shard = self.shard(c, s);
             let n = shard.count.load(Ordering::Relaxed);
             if n < class.stack_capacity {
@@ -467,11 +502,13 @@ impl Pool {
     fn release_from(&self, index: u32, from: Place) -> Result<()> {
         loop {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
-            let w = DescWord::decode(raw).filter(|w| w.place == from).ok_or(Error::NotOwner {
-                index,
-                place: DescWord::decode(raw).map(|w| w.place),
-                pid: self.pid,
-            })?;
+            let w = DescWord::decode(raw)
+                .filter(|w| w.place == from)
+                .ok_or(Error::NotOwner {
+                    index,
+                    place: DescWord::decode(raw).map(|w| w.place),
+                    pid: self.pid,
+                })?;
             if w.holds > 0 {
                 let held = w.with_place(Place::Held).encode();
                 if self.cas(index, raw, held) {
@@ -490,18 +527,34 @@ impl Pool {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
             let w = self.decode(index, raw)?;
             if matches!(w.place, Place::Free { .. }) {
-                return Err(Error::Hold { index, reason: "the block is free" });
+                return Err(Error::Hold {
+                    index,
+                    reason: "the block is free",
+                });
             }
             if w.holder != 0 && w.holder != self.pid {
-                return Err(Error::Hold { index, reason: "another process holds it" });
+                return Err(Error::Hold {
+                    index,
+                    reason: "another process holds it",
+                });
             }
             if w.holds == u8::MAX {
-                return Err(Error::Hold { index, reason: "255 holds already" });
+                return Err(Error::Hold {
+                    index,
+                    reason: "255 holds already",
+                });
             }
             if self.pid > MAX_PID {
-                return Err(Error::Hold { index, reason: "pid too large to record" });
+                return Err(Error::Hold {
+                    index,
+                    reason: "pid too large to record",
+                });
             }
-            let next = DescWord { holds: w.holds + 1, holder: self.pid, ..w };
+            let next = DescWord {
+                holds: w.holds + 1,
+                holder: self.pid,
+                ..w
+            };
             if self.cas(index, raw, next.encode()) {
                 return Ok(());
             }
@@ -514,7 +567,11 @@ impl Pool {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
             let w = self.decode(index, raw)?;
             if w.holder != self.pid || w.holds == 0 {
-                return Err(Error::NotOwner { index, place: Some(w.place), pid: self.pid });
+                return Err(Error::NotOwner {
+                    index,
+                    place: Some(w.place),
+                    pid: self.pid,
+                });
             }
             if w.holds == 1 && w.place == Place::Held {
                 if self.push_free(index, raw).is_ok() {
@@ -532,13 +589,21 @@ impl Pool {
 
     /// Lends an owned block to the kernel (AF_XDP fill or TX ring).
     pub fn lend_to_kernel(&self, index: u32) -> Result<()> {
-        self.move_place(index, Place::Owned { pid: self.pid }, Place::Kernel { pid: self.pid })
+        self.move_place(
+            index,
+            Place::Owned { pid: self.pid },
+            Place::Kernel { pid: self.pid },
+        )
     }
 
     /// Takes back a block the kernel returned (RX or completion ring) as an owned packet whose
     /// bounds the caller then sets.
     pub fn take_from_kernel(&self, index: u32) -> Result<Packet<'_>> {
-        self.move_place(index, Place::Kernel { pid: self.pid }, Place::Owned { pid: self.pid })?;
+        self.move_place(
+            index,
+            Place::Kernel { pid: self.pid },
+            Place::Owned { pid: self.pid },
+        )?;
         let head = self.layout.config.headroom;
         Ok(Packet::new(self, index, head, head))
     }
@@ -549,9 +614,16 @@ impl Pool {
         let raw = d.word.load(Ordering::Acquire);
         let w = self.decode(index, raw)?;
         if w.place != (Place::Owned { pid: self.pid }) {
-            return Err(Error::NotOwner { index, place: Some(w.place), pid: self.pid });
+            return Err(Error::NotOwner {
+                index,
+                place: Some(w.place),
+                pid: self.pid,
+            });
         }
-        let (head, tail) = (d.head.load(Ordering::Relaxed), d.tail.load(Ordering::Relaxed));
+        let (head, tail) = (
+            d.head.load(Ordering::Relaxed),
+            d.tail.load(Ordering::Relaxed),
+        );
         let (_, class) = self.class(index)?;
         let (head, tail) = if head <= tail && tail <= class.block_size {
             (head, tail)
@@ -567,7 +639,11 @@ impl Pool {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
             let w = self.decode(index, raw)?;
             if w.place != from {
-                return Err(Error::NotOwner { index, place: Some(w.place), pid: self.pid });
+                return Err(Error::NotOwner {
+                    index,
+                    place: Some(w.place),
+                    pid: self.pid,
+                });
             }
             if self.cas(index, raw, w.with_place(to).encode()) {
                 return Ok(());
@@ -615,13 +691,17 @@ impl Pool {
     /// Returns the blocks a dead process had lent to the kernel. Call only once its AF_XDP
     /// sockets are closed (it is dead and no other process shares the socket).
     pub fn reclaim_lent(&self, pid: u32) -> usize {
-        (0..self.layout.total_blocks).map(|i| self.reclaim_block(i, pid, true)).sum()
+        (0..self.layout.total_blocks)
+            .map(|i| self.reclaim_block(i, pid, true))
+            .sum()
     }
 
     fn reclaim_block(&self, index: u32, pid: u32, lent: bool) -> usize {
         loop {
             let raw = self.desc(index).word.load(Ordering::Acquire);
-            let Some(w) = DescWord::decode(raw) else { return 0 };
+            let Some(w) = DescWord::decode(raw) else {
+                return 0;
+            };
             let mut next = w;
             if w.holder == pid {
                 next.holds = 0;
@@ -651,9 +731,13 @@ impl Pool {
     /// Frees a block found in a ring by a drain, if it still reads `Ring { ring }`.
     pub(crate) fn free_from_ring(&self, index: u32, ring: u32) -> usize {
         loop {
-            let Ok(d) = self.desc_checked(index) else { return 0 };
+            let Ok(d) = self.desc_checked(index) else {
+                return 0;
+            };
             let raw = d.word.load(Ordering::Acquire);
-            let Some(w) = DescWord::decode(raw) else { return 0 };
+            let Some(w) = DescWord::decode(raw) else {
+                return 0;
+            };
             if w.place != (Place::Ring { ring }) {
                 return 0;
             }
@@ -771,10 +855,17 @@ impl Pool {
 
     /// Pointer to the start of block `index`, which must be in range.
     pub(crate) fn block_ptr(&self, index: u32) -> (*mut u8, u32) {
-        let (_, class) = self.layout.class_of(index).expect("index checked by caller");
-        let off = class.data_offset + u64::from(index - class.first_index) * u64::from(class.block_size);
+        let (_, class) = self
+            .layout
+            .class_of(index)
+            .expect("index checked by caller");
+        let off =
+            class.data_offset + u64::from(index - class.first_index) * u64::from(class.block_size);
         // SAFETY: the layout keeps every block inside the data area.
-        (unsafe { self.data_base().add(off as usize) }, class.block_size)
+        (
+            unsafe { self.data_base().add(off as usize) },
+            class.block_size,
+        )
     }
 }
 
@@ -827,7 +918,8 @@ impl Pool {
             let owned = DescWord::new(Place::Owned { pid: self.pid }).encode();
             self.desc(index).word.store(owned, Ordering::Release);
             // Scribble on the stack too, as a half-done push would.
-            self.stack_slot(&class, 0, 0).store(u32::MAX, Ordering::Relaxed);
+            self.stack_slot(&class, 0, 0)
+                .store(u32::MAX, Ordering::Relaxed);
         }
         println!("locked");
         loop {

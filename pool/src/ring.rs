@@ -68,7 +68,10 @@ pub(crate) fn init_all(pool: &Pool) {
 }
 
 fn header(pool: &Pool, ring: u32) -> &RingHeader {
-    let off = pool.layout().ring_offset(ring).expect("ring id checked by caller");
+    let off = pool
+        .layout()
+        .ring_offset(ring)
+        .expect("ring id checked by caller");
     pool.at(off)
 }
 
@@ -81,11 +84,17 @@ fn slot(pool: &Pool, ring: u32, pos: u32) -> &AtomicU32 {
 
 fn live_header(pool: &Pool, ring: u32) -> Result<&RingHeader> {
     if ring >= pool.layout().config.rings {
-        return Err(Error::Ring { ring, reason: "no such ring".into() });
+        return Err(Error::Ring {
+            ring,
+            reason: "no such ring".into(),
+        });
     }
     let h = header(pool, ring);
     if h.state.load(Ordering::Acquire) != STATE_LIVE {
-        return Err(Error::Ring { ring, reason: "not allocated".into() });
+        return Err(Error::Ring {
+            ring,
+            reason: "not allocated".into(),
+        });
     }
     Ok(h)
 }
@@ -112,7 +121,9 @@ fn wait(h: &RingHeader, deadline: Option<Instant>, ready: impl Fn() -> bool) -> 
         Ok(())
     } else {
         match deadline.map(|d| d.checked_duration_since(Instant::now())) {
-            Some(None) => Err(Error::TimedOut { what: "the flow ring" }),
+            Some(None) => Err(Error::TimedOut {
+                what: "the flow ring",
+            }),
             Some(Some(left)) => {
                 sys::futex_wait(&h.seq, seq, Some(left));
                 Ok(())
@@ -134,7 +145,12 @@ impl Pool {
         for r in 0..self.layout().config.rings {
             let h = header(self, r);
             if h.state
-                .compare_exchange(STATE_FREE, STATE_CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(
+                    STATE_FREE,
+                    STATE_CLAIMED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 let start = h.head.load(Ordering::Relaxed);
@@ -178,37 +194,58 @@ impl Pool {
     }
 
     pub fn ring_flags(&self, ring: u32) -> Result<RingFlags> {
-        Ok(RingFlags(live_header(self, ring)?.flags.load(Ordering::Acquire)))
+        Ok(RingFlags(
+            live_header(self, ring)?.flags.load(Ordering::Acquire),
+        ))
     }
 
     /// The producer and consumer pids of a live ring.
     pub fn ring_ends(&self, ring: u32) -> Result<(u32, u32)> {
         let h = live_header(self, ring)?;
-        Ok((h.producer.load(Ordering::Relaxed), h.consumer.load(Ordering::Relaxed)))
+        Ok((
+            h.producer.load(Ordering::Relaxed),
+            h.consumer.load(Ordering::Relaxed),
+        ))
     }
 
     /// Number of queued blocks.
     pub fn ring_len(&self, ring: u32) -> Result<u32> {
         let h = live_header(self, ring)?;
-        Ok(h.head.load(Ordering::Acquire).wrapping_sub(h.tail.load(Ordering::Acquire)))
+        Ok(h.head
+            .load(Ordering::Acquire)
+            .wrapping_sub(h.tail.load(Ordering::Acquire)))
     }
 
     /// The writing end; only the ring's producer process may take it.
     pub fn ring_writer(&self, ring: u32) -> Result<RingWriter<'_>> {
         let h = live_header(self, ring)?;
         if h.producer.load(Ordering::Relaxed) != self.pid() {
-            return Err(Error::Ring { ring, reason: format!("pid {} is not its producer", self.pid()) });
+            return Err(Error::Ring {
+                ring,
+                reason: format!("pid {} is not its producer", self.pid()),
+            });
         }
-        Ok(RingWriter { pool: self, ring, h })
+        Ok(RingWriter {
+            pool: self,
+            ring,
+            h,
+        })
     }
 
     /// The reading end; only the ring's consumer process may take it.
     pub fn ring_reader(&self, ring: u32) -> Result<RingReader<'_>> {
         let h = live_header(self, ring)?;
         if h.consumer.load(Ordering::Relaxed) != self.pid() {
-            return Err(Error::Ring { ring, reason: format!("pid {} is not its consumer", self.pid()) });
+            return Err(Error::Ring {
+                ring,
+                reason: format!("pid {} is not its consumer", self.pid()),
+            });
         }
-        Ok(RingReader { pool: self, ring, h })
+        Ok(RingReader {
+            pool: self,
+            ring,
+            h,
+        })
     }
 
     /// Test hook: moves an empty ring's positions (to exercise counter wrap-around).
@@ -216,7 +253,10 @@ impl Pool {
     pub fn ring_set_position(&self, ring: u32, pos: u32) -> Result<()> {
         let h = live_header(self, ring)?;
         if h.head.load(Ordering::Acquire) != h.tail.load(Ordering::Acquire) {
-            return Err(Error::Ring { ring, reason: "not empty".into() });
+            return Err(Error::Ring {
+                ring,
+                reason: "not empty".into(),
+            });
         }
         h.head.store(pos, Ordering::Release);
         h.tail.store(pos, Ordering::Release);
@@ -309,7 +349,11 @@ impl<'p> RingWriter<'p> {
 
     fn space(&self) -> u32 {
         let cap = self.pool.layout().config.ring_capacity;
-        let used = self.h.head.load(Ordering::Relaxed).wrapping_sub(self.h.tail.load(Ordering::Acquire));
+        let used = self
+            .h
+            .head
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.h.tail.load(Ordering::Acquire));
         cap.saturating_sub(used)
     }
 
@@ -378,7 +422,13 @@ impl<'p> RingWriter<'p> {
 
     /// Marks the block queued and stores it `offset` slots past the current head.
     fn enqueue_at(&self, index: u32, offset: u32) -> Result<()> {
-        self.pool.move_place(index, Place::Owned { pid: self.pool.pid() }, Place::Ring { ring: self.ring })?;
+        self.pool.move_place(
+            index,
+            Place::Owned {
+                pid: self.pool.pid(),
+            },
+            Place::Ring { ring: self.ring },
+        )?;
         let pos = self.h.head.load(Ordering::Relaxed).wrapping_add(offset);
         slot(self.pool, self.ring, pos).store(index, Ordering::Relaxed);
         Ok(())
@@ -416,7 +466,10 @@ impl<'p> RingReader<'p> {
     }
 
     fn available(&self) -> u32 {
-        self.h.head.load(Ordering::Acquire).wrapping_sub(self.h.tail.load(Ordering::Relaxed))
+        self.h
+            .head
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.h.tail.load(Ordering::Relaxed))
     }
 
     fn empty_error(&self) -> Error {
@@ -457,28 +510,39 @@ impl<'p> RingReader<'p> {
     /// [`Pool::packet`] or release it). Returns how many; 0 with an error only when the ring is
     /// empty and the flow is down or the peer gone.
     pub fn try_read_batch(&self, out: &mut [u32]) -> Result<usize> {
-        let avail = self.available().min(self.pool.layout().config.ring_capacity);
+        let avail = self
+            .available()
+            .min(self.pool.layout().config.ring_capacity);
         if avail == 0 {
             return match self.empty_error() {
                 Error::WouldBlock { .. } => Ok(0),
                 e => Err(e),
             };
         }
-        let me = Place::Owned { pid: self.pool.pid() };
+        let me = Place::Owned {
+            pid: self.pool.pid(),
+        };
         let tail = self.h.tail.load(Ordering::Relaxed);
         let mut got = 0;
         let mut consumed = 0;
         while consumed < avail && got < out.len() {
-            let index = slot(self.pool, self.ring, tail.wrapping_add(consumed)).load(Ordering::Relaxed);
+            let index =
+                slot(self.pool, self.ring, tail.wrapping_add(consumed)).load(Ordering::Relaxed);
             consumed += 1;
             // A slot whose block is not marked as queued here was scribbled on or reclaimed:
             // skip it rather than take a block someone else owns.
-            if self.pool.move_place(index, Place::Ring { ring: self.ring }, me).is_ok() {
+            if self
+                .pool
+                .move_place(index, Place::Ring { ring: self.ring }, me)
+                .is_ok()
+            {
                 out[got] = index;
                 got += 1;
             }
         }
-        self.h.tail.store(tail.wrapping_add(consumed), Ordering::Release);
+        self.h
+            .tail
+            .store(tail.wrapping_add(consumed), Ordering::Release);
         notify(self.h);
         Ok(got)
     }
@@ -512,7 +576,9 @@ pub(crate) fn verify_rings(pool: &Pool, problems: &mut Vec<String>) -> HashSet<u
             let index = slot(pool, r, tail.wrapping_add(k)).load(Ordering::Relaxed);
             match pool.place(index) {
                 Ok(w) if w.place == (Place::Ring { ring: r }) => {}
-                Ok(w) => problems.push(format!("ring {r} slot {k}: block {index} is {:?}", w.place)),
+                Ok(w) => {
+                    problems.push(format!("ring {r} slot {k}: block {index} is {:?}", w.place))
+                }
                 Err(e) => problems.push(format!("ring {r} slot {k}: {e}")),
             }
             if !seen.insert(index) {

@@ -54,7 +54,8 @@ pub fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
 pub fn shm_open(name: &str) -> io::Result<OwnedFd> {
     let cname = shm_name(name)?;
     // SAFETY: cname is a valid NUL-terminated string.
-    let fd = syscall!(unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) })?;
+    let fd =
+        syscall!(unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) })?;
     // SAFETY: shm_open just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -147,7 +148,9 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: word points into a live shared mapping (FUTEX_WAIT without PRIVATE works across
     // processes); ts_ptr is null or points to a timespec that outlives the call.
     unsafe {
@@ -283,7 +286,13 @@ pub fn group_gid(name: &str) -> Option<u32> {
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; getgrnam_r is the thread-safe variant.
     let ret = unsafe {
-        libc::getgrnam_r(cname.as_ptr(), grp.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result)
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            grp.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
     };
     if ret != 0 || result.is_null() {
         return None;

@@ -19,21 +19,30 @@ pub(crate) fn run(pool: &Pool) -> Report {
             let _guard = pool.lock_shard(c, s);
             let n = pool.shard_count(c, s);
             if n > class.stack_capacity {
-                r.problems.push(format!("class {} shard {s}: count {n} > capacity", class.block_size));
+                r.problems.push(format!(
+                    "class {} shard {s}: count {n} > capacity",
+                    class.block_size
+                ));
                 continue;
             }
             for k in 0..n {
                 let index = pool.stack_slot(class, s, k).load(Ordering::Relaxed);
                 if !class.contains(index) || class.shard_of(index, shards) != s {
-                    r.problems.push(format!("class {} shard {s}: stray entry {index}", class.block_size));
+                    r.problems.push(format!(
+                        "class {} shard {s}: stray entry {index}",
+                        class.block_size
+                    ));
                     continue;
                 }
                 let place = pool.place(index).map(|w| w.place);
                 if place.as_ref().ok() != Some(&Place::Free { shard: s }) {
-                    r.problems.push(format!("block {index} on shard {s}'s free list but is {place:?}"));
+                    r.problems.push(format!(
+                        "block {index} on shard {s}'s free list but is {place:?}"
+                    ));
                 }
                 if !stacked.insert(index) {
-                    r.problems.push(format!("block {index} on a free list twice"));
+                    r.problems
+                        .push(format!("block {index} on a free list twice"));
                 }
             }
         }
@@ -46,41 +55,51 @@ pub(crate) fn run(pool: &Pool) -> Report {
     for index in 0..layout.total_blocks {
         let raw = pool.desc(index).word.load(Ordering::Acquire);
         let Some(w) = DescWord::decode(raw) else {
-            r.problems.push(format!("block {index}: undecodable descriptor {raw:#x}"));
+            r.problems
+                .push(format!("block {index}: undecodable descriptor {raw:#x}"));
             continue;
         };
         if w.holds == 0 && w.holder != 0 {
-            r.problems.push(format!("block {index}: holder {} with no holds", w.holder));
+            r.problems
+                .push(format!("block {index}: holder {} with no holds", w.holder));
         }
         if w.holds > 0 && !is_alive(w.holder) {
-            r.problems.push(format!("block {index}: held by dead process {}", w.holder));
+            r.problems
+                .push(format!("block {index}: held by dead process {}", w.holder));
         }
         match w.place {
             Place::Free { .. } => {
                 r.free += 1;
                 if !stacked.contains(&index) {
-                    r.problems.push(format!("block {index} is marked free but on no free list"));
+                    r.problems
+                        .push(format!("block {index} is marked free but on no free list"));
                 }
                 if w.holds != 0 {
-                    r.problems.push(format!("block {index} is free with {} holds", w.holds));
+                    r.problems
+                        .push(format!("block {index} is free with {} holds", w.holds));
                 }
             }
             Place::Owned { pid } => {
                 r.owned += 1;
                 if !is_alive(pid) {
-                    r.problems.push(format!("block {index} owned by dead process {pid}"));
+                    r.problems
+                        .push(format!("block {index} owned by dead process {pid}"));
                 }
             }
             Place::Kernel { pid } => {
                 r.lent += 1;
                 if !is_alive(pid) {
-                    r.problems.push(format!("block {index} lent to the kernel by dead process {pid}"));
+                    r.problems.push(format!(
+                        "block {index} lent to the kernel by dead process {pid}"
+                    ));
                 }
             }
             Place::Ring { ring } => {
                 r.queued += 1;
                 if !queued.contains(&index) {
-                    r.problems.push(format!("block {index} marked queued on ring {ring} but not in it"));
+                    r.problems.push(format!(
+                        "block {index} marked queued on ring {ring} but not in it"
+                    ));
                 }
             }
             Place::Held => {

@@ -11,7 +11,9 @@ use util::{ShmName, assert_verified};
 
 fn shared_pool() -> &'static Pool {
     static POOL: OnceLock<(ShmName, Pool)> = OnceLock::new();
-    &POOL.get_or_init(|| util::create("conv", &PoolConfig::small())).1
+    &POOL
+        .get_or_init(|| util::create("conv", &PoolConfig::small()))
+        .1
 }
 
 fn config() -> impl Strategy<Value = PoolConfig> {
@@ -24,20 +26,25 @@ fn config() -> impl Strategy<Value = PoolConfig> {
         0u32..5000,
         0u32..100,
     )
-        .prop_map(|(mut classes, frames, shards, rings, ring_capacity, headroom, tailroom)| PoolConfig {
-            classes: {
-                classes.insert(12, frames);
-                classes
-                    .into_iter()
-                    .map(|(log, blocks)| ClassConfig { block_size: 1 << log, blocks })
-                    .collect()
+        .prop_map(
+            |(mut classes, frames, shards, rings, ring_capacity, headroom, tailroom)| PoolConfig {
+                classes: {
+                    classes.insert(12, frames);
+                    classes
+                        .into_iter()
+                        .map(|(log, blocks)| ClassConfig {
+                            block_size: 1 << log,
+                            blocks,
+                        })
+                        .collect()
+                },
+                shards,
+                rings,
+                ring_capacity,
+                headroom,
+                tailroom,
             },
-            shards,
-            rings,
-            ring_capacity,
-            headroom,
-            tailroom,
-        })
+        )
 }
 
 proptest! {

@@ -32,12 +32,19 @@ fn killed_inside_a_critical_section_is_repaired() {
     child.wait().expect("wait");
     // The dead process left shard 0 of the smallest class locked, its stack scribbled on and
     // one block half-allocated. The next user must repair, not just carry on.
-    assert!(pool.reclaim(child.id()) >= 1, "the half-allocated block comes back");
+    assert!(
+        pool.reclaim(child.id()) >= 1,
+        "the half-allocated block comes back"
+    );
     assert_verified(&pool);
     let all: Vec<_> = std::iter::from_fn(|| pool.try_alloc_with(1, 0).ok())
         .take_while(|p| p.capacity() == 256)
         .collect();
-    assert_eq!(all.len(), 256, "every block of the class is allocatable again");
+    assert_eq!(
+        all.len(),
+        256,
+        "every block of the class is allocatable again"
+    );
     drop(all);
     assert_verified(&pool);
 }
@@ -51,10 +58,16 @@ struct RingPair {
 fn start_pair(pool: &Pool, name: &str) -> RingPair {
     let mut producer = spawn_with_stdin(&["produce", name, "-", "1000000000"]);
     let mut consumer = spawn_with_stdin(&["consume", name, "-", "1000000000"]);
-    let ring = pool.ring_create(producer.id(), consumer.id()).expect("ring");
+    let ring = pool
+        .ring_create(producer.id(), consumer.id())
+        .expect("ring");
     tell(&mut producer, ring);
     tell(&mut consumer, ring);
-    RingPair { ring, producer, consumer }
+    RingPair {
+        ring,
+        producer,
+        consumer,
+    }
 }
 
 /// Waits for a child that should end by itself; a hang fails the test.
@@ -82,7 +95,14 @@ fn two_hundred_random_sigkills() {
     let seed = rand::rng().random::<u64>();
     eprintln!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let storm = |rng: &mut StdRng| spawn(&["storm", &name.0, &rng.random::<u64>().to_string(), &stopfile]);
+    let storm = |rng: &mut StdRng| {
+        spawn(&[
+            "storm",
+            &name.0,
+            &rng.random::<u64>().to_string(),
+            &stopfile,
+        ])
+    };
     let mut storms: Vec<Child> = (0..3).map(|_| storm(&mut rng)).collect();
     let mut pair = start_pair(&pool, &name.0);
     let mut kills = 0;
@@ -106,7 +126,10 @@ fn two_hundred_random_sigkills() {
             pool.reclaim(dead.id());
             // The survivor sees the peer gone and ends by itself, having lost nothing it had.
             let err = wait_exit(survivor, Duration::from_secs(20), what);
-            assert!(err.is_empty() || err.contains("gone") || err.contains("down"), "{what}: {err}");
+            assert!(
+                err.is_empty() || err.contains("gone") || err.contains("down"),
+                "{what}: {err}"
+            );
             pool.ring_destroy(old.ring).expect("destroy");
         }
         kills += 1;

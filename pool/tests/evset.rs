@@ -24,8 +24,13 @@ fn events_reach_the_queue_watching_the_flow() {
     assert_eq!(other.notify(8, 2).expect("notify"), Notified::Queued);
     assert_eq!(other.notify(9, 3).expect("notify"), Notified::NotWatched);
     let mut out = Vec::new();
-    let o = set.wait(0, &mut out, Some(Duration::from_secs(1))).expect("wait");
-    assert_eq!((out.as_slice(), o.overflowed), (&[Event { flow: 7, kind: 1 }][..], false));
+    let o = set
+        .wait(0, &mut out, Some(Duration::from_secs(1)))
+        .expect("wait");
+    assert_eq!(
+        (out.as_slice(), o.overflowed),
+        (&[Event { flow: 7, kind: 1 }][..], false)
+    );
     out.clear();
     set.try_take(1, &mut out).expect("take");
     assert_eq!(out, [Event { flow: 8, kind: 2 }]);
@@ -37,7 +42,11 @@ fn events_reach_the_queue_watching_the_flow() {
 
 #[test]
 fn a_full_queue_flags_overflow_instead_of_losing_silently() {
-    let (_n, set) = set(EventSetConfig { queues: 1, capacity: 4, max_flows: 16 });
+    let (_n, set) = set(EventSetConfig {
+        queues: 1,
+        capacity: 4,
+        max_flows: 16,
+    });
     set.add(0, 1).expect("add");
     for _ in 0..4 {
         assert_eq!(set.notify(1, 1).expect("notify"), Notified::Queued);
@@ -49,7 +58,11 @@ fn a_full_queue_flags_overflow_instead_of_losing_silently() {
     assert_eq!(out.len(), 4);
     out.clear();
     let t = Instant::now();
-    assert!(set.wait(0, &mut out, Some(Duration::from_millis(30))).is_err(), "times out when idle");
+    assert!(
+        set.wait(0, &mut out, Some(Duration::from_millis(30)))
+            .is_err(),
+        "times out when idle"
+    );
     assert!(t.elapsed() >= Duration::from_millis(30));
 }
 
@@ -64,7 +77,8 @@ fn a_waiter_is_woken_from_another_thread() {
             writer.notify(42, 5).expect("notify");
         });
         let mut out = Vec::new();
-        set.wait(3, &mut out, Some(Duration::from_secs(10))).expect("woken");
+        set.wait(3, &mut out, Some(Duration::from_secs(10)))
+            .expect("woken");
         assert_eq!(out, [Event { flow: 42, kind: 5 }]);
     });
 }
@@ -72,6 +86,17 @@ fn a_waiter_is_woken_from_another_thread() {
 #[test]
 fn bad_configs_are_refused() {
     let name = ShmName::new("evset-bad");
-    assert!(EventSet::create(&name.0, EventSetConfig { queues: 0, capacity: 1, max_flows: 1 }, None).is_err());
+    assert!(
+        EventSet::create(
+            &name.0,
+            EventSetConfig {
+                queues: 0,
+                capacity: 1,
+                max_flows: 1
+            },
+            None
+        )
+        .is_err()
+    );
     assert!(EventSet::open(&name.0).is_err());
 }

@@ -52,18 +52,39 @@ fn unprivileged_uid_opens_only_its_own_pool() {
 
     let meta = |n: &ShmName| std::fs::metadata(format!("/dev/shm/{}", n.0)).expect("stat");
     assert_eq!(meta(&shared).mode() & 0o777, 0o660);
-    assert_eq!((meta(&mine).mode() & 0o777, meta(&mine).uid()), (0o600, NOBODY));
-    assert_eq!((meta(&theirs).mode() & 0o777, meta(&theirs).uid()), (0o600, OTHER));
+    assert_eq!(
+        (meta(&mine).mode() & 0o777, meta(&mine).uid()),
+        (0o600, NOBODY)
+    );
+    assert_eq!(
+        (meta(&theirs).mode() & 0o777, meta(&theirs).uid()),
+        (0o600, OTHER)
+    );
 
     let (tool, dir) = tool_for_anyone();
-    assert_eq!(open_as(&tool, NOBODY, &mine.0), Some(0), "its own per-user pool");
-    assert_eq!(open_as(&tool, NOBODY, &shared.0), Some(13), "the shared pool");
-    assert_eq!(open_as(&tool, NOBODY, &theirs.0), Some(13), "another user's pool");
+    assert_eq!(
+        open_as(&tool, NOBODY, &mine.0),
+        Some(0),
+        "its own per-user pool"
+    );
+    assert_eq!(
+        open_as(&tool, NOBODY, &shared.0),
+        Some(13),
+        "the shared pool"
+    );
+    assert_eq!(
+        open_as(&tool, NOBODY, &theirs.0),
+        Some(13),
+        "another user's pool"
+    );
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&dir.0));
 }
 
 #[test]
 fn pool_names_follow_the_prefix() {
     assert_eq!(o7s_pool::pool_name("o7s", Access::Shared), "o7s.pool");
-    assert_eq!(o7s_pool::pool_name("hostA", Access::User { uid: 1000 }), "hostA.pup.1000");
+    assert_eq!(
+        o7s_pool::pool_name("hostA", Access::User { uid: 1000 }),
+        "hostA.pup.1000"
+    );
 }

@@ -46,7 +46,13 @@ fn open_rejects_a_foreign_object() {
 fn allocation_picks_the_smallest_fitting_class() {
     let (_n, pool) = create("classes", &PoolConfig::small());
     let h = 256 + 32;
-    for (len, size) in [(0, 1024usize), (1, 1024), (1024 - h, 1024), (1024 - h + 1, 4096), (65536 - h, 65536)] {
+    for (len, size) in [
+        (0, 1024usize),
+        (1, 1024),
+        (1024 - h, 1024),
+        (1024 - h + 1, 4096),
+        (65536 - h, 65536),
+    ] {
         let p = pool.try_alloc(len).expect("alloc");
         assert_eq!(p.capacity(), size, "len {len}");
         assert_eq!(p.len(), len);
@@ -54,7 +60,10 @@ fn allocation_picks_the_smallest_fitting_class() {
         assert!(p.tailroom() >= 32);
     }
     let err = pool.try_alloc(65536).unwrap_err();
-    assert!(matches!(err, Error::TooLarge { len: 65536, max } if max == 65536 - h), "{err}");
+    assert!(
+        matches!(err, Error::TooLarge { len: 65536, max } if max == 65536 - h),
+        "{err}"
+    );
     assert_verified(&pool);
 }
 
@@ -64,7 +73,10 @@ fn smallest_class_can_hold_small_packets() {
     // With the default 256-byte headroom nothing fits the 256-byte class; a small headroom does.
     let p = pool.try_alloc_with(100, 64).expect("alloc");
     assert_eq!((p.capacity(), p.headroom(), p.len()), (256, 64, 100));
-    assert!(matches!(pool.try_alloc_with(usize::MAX, 64), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        pool.try_alloc_with(usize::MAX, 64),
+        Err(Error::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -72,7 +84,9 @@ fn headroom_and_tailroom_push_and_pull() {
     let (_n, pool) = create("room", &PoolConfig::small());
     let mut p = pool.try_alloc(100).expect("alloc");
     p.data_mut().fill(0xab);
-    p.push_head(18).expect("eth header").copy_from_slice(&[1; 18]);
+    p.push_head(18)
+        .expect("eth header")
+        .copy_from_slice(&[1; 18]);
     assert_eq!(p.len(), 118);
     assert_eq!(p.data()[0], 1);
     p.push_tail(16).expect("tag").fill(2);
@@ -80,9 +94,21 @@ fn headroom_and_tailroom_push_and_pull() {
     p.pull_head(18).expect("strip");
     p.pull_tail(16).expect("strip");
     assert!(p.data().iter().all(|&b| b == 0xab));
-    assert!(matches!(p.push_head(1000), Err(Error::NoRoom { what: "headroom", .. })));
+    assert!(matches!(
+        p.push_head(1000),
+        Err(Error::NoRoom {
+            what: "headroom",
+            ..
+        })
+    ));
     let room = p.tailroom();
-    assert!(matches!(p.push_tail(room + 1), Err(Error::NoRoom { what: "tailroom", .. })));
+    assert!(matches!(
+        p.push_tail(room + 1),
+        Err(Error::NoRoom {
+            what: "tailroom",
+            ..
+        })
+    ));
     assert!(matches!(p.pull_head(101), Err(Error::NoRoom { .. })));
     p.truncate(10);
     assert_eq!(p.len(), 10);
@@ -109,7 +135,10 @@ fn exhaustion_would_block_then_recovers() {
     // 4096 class (128) then the 64 KiB class (8) as fallback.
     assert_eq!(held.len(), 136);
     let t = Instant::now();
-    assert!(matches!(pool.alloc(3000, Some(Duration::from_millis(50))), Err(Error::TimedOut { .. })));
+    assert!(matches!(
+        pool.alloc(3000, Some(Duration::from_millis(50))),
+        Err(Error::TimedOut { .. })
+    ));
     assert!(t.elapsed() >= Duration::from_millis(50));
     held.pop();
     pool.try_alloc(3000).expect("freed block is reusable");
@@ -127,7 +156,8 @@ fn blocking_alloc_is_woken_by_a_free() {
             held.pop();
         });
         let t = Instant::now();
-        pool.alloc(3000, Some(Duration::from_secs(5))).expect("woken");
+        pool.alloc(3000, Some(Duration::from_secs(5)))
+            .expect("woken");
         assert!(t.elapsed() < Duration::from_secs(4));
     });
 }
@@ -146,7 +176,10 @@ fn holds_keep_a_block_alive_and_double_free_is_an_error() {
     pool.unhold(index).expect("unhold");
     assert_verified(&pool);
     pool.unhold(index).expect("last unhold frees");
-    assert!(matches!(pool.place(index).expect("place").place, Place::Free { .. }));
+    assert!(matches!(
+        pool.place(index).expect("place").place,
+        Place::Free { .. }
+    ));
     assert!(pool.unhold(index).is_err());
     assert!(pool.hold(index).is_err());
     assert!(matches!(pool.release(index), Err(Error::NotOwner { .. })));
@@ -162,7 +195,10 @@ fn kernel_lending_round_trip() {
     let index = p.into_index();
     pool.lend_to_kernel(index).expect("lend");
     assert_eq!(pool.verify().lent, 1);
-    assert!(pool.release(index).is_err(), "a lent block cannot be released");
+    assert!(
+        pool.release(index).is_err(),
+        "a lent block cannot be released"
+    );
     let addr = pool.umem_addr(index, 256).expect("addr");
     assert_eq!(addr, u64::from(index) * 4096 + 256);
     assert_eq!(pool.block_at_umem_addr(addr).expect("block"), (index, 256));

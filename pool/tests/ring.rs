@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use o7s_pool::{Error, PoolConfig, RingFlags};
 use proptest::prelude::*;
-use util::{assert_verified, create, spawn};
+use util::{assert_verified, create};
 
 fn me() -> u32 {
     std::process::id()
@@ -53,7 +53,8 @@ fn full_ring_hands_the_packet_back() {
     let r = pool.ring_create(me(), me()).expect("ring");
     let w = pool.ring_writer(r).expect("writer");
     for _ in 0..1024 {
-        w.try_write(pool.try_alloc_with(1, 0).expect("alloc")).expect("write");
+        w.try_write(pool.try_alloc_with(1, 0).expect("alloc"))
+            .expect("write");
     }
     let p = pool.try_alloc_with(1, 0).expect("alloc");
     let index = p.index();
@@ -61,7 +62,9 @@ fn full_ring_hands_the_packet_back() {
     assert!(e.is_would_block());
     assert_eq!(p.index(), index);
     let t = Instant::now();
-    let (p, e) = w.write(p, Some(Duration::from_millis(30))).expect_err("still full");
+    let (p, e) = w
+        .write(p, Some(Duration::from_millis(30)))
+        .expect_err("still full");
     assert!(matches!(e, Error::TimedOut { .. }) && t.elapsed() >= Duration::from_millis(30));
     drop(p);
     assert_eq!(pool.ring_destroy(r).expect("destroy"), 1024);
@@ -74,16 +77,22 @@ fn flags_stop_writes_and_end_reads_after_draining() {
     let r = pool.ring_create(me(), me()).expect("ring");
     let w = pool.ring_writer(r).expect("writer");
     let rd = pool.ring_reader(r).expect("reader");
-    w.try_write(pool.try_alloc(1).expect("alloc")).expect("write");
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
     pool.ring_set_flags(r, RingFlags::FLOW_DOWN).expect("flags");
-    let (_p, e) = w.try_write(pool.try_alloc(1).expect("alloc")).expect_err("down");
+    let (_p, e) = w
+        .try_write(pool.try_alloc(1).expect("alloc"))
+        .expect_err("down");
     assert!(matches!(e, Error::FlowDown));
     rd.try_read().expect("queued data still readable");
     assert!(matches!(rd.try_read(), Err(Error::FlowDown)));
     assert!(matches!(rd.read(None), Err(Error::FlowDown)));
-    pool.ring_clear_flags(r, RingFlags::FLOW_DOWN).expect("clear");
+    pool.ring_clear_flags(r, RingFlags::FLOW_DOWN)
+        .expect("clear");
     pool.ring_set_flags(r, RingFlags::READ_ONLY).expect("ro");
-    let (_p, e) = w.try_write(pool.try_alloc(1).expect("alloc")).expect_err("ro");
+    let (_p, e) = w
+        .try_write(pool.try_alloc(1).expect("alloc"))
+        .expect_err("ro");
     assert!(matches!(e, Error::ReadOnly));
     pool.ring_set_flags(r, RingFlags::PEER_GONE).expect("gone");
     assert!(matches!(rd.try_read(), Err(Error::PeerGone)));
@@ -115,9 +124,15 @@ fn batches() {
     let r = pool.ring_create(me(), me()).expect("ring");
     let w = pool.ring_writer(r).expect("writer");
     let rd = pool.ring_reader(r).expect("reader");
-    let indices: Vec<u32> = (0..1500).map(|_| pool.try_alloc_with(4, 0).expect("alloc").into_index()).collect();
+    let indices: Vec<u32> = (0..1500)
+        .map(|_| pool.try_alloc_with(4, 0).expect("alloc").into_index())
+        .collect();
     assert_eq!(w.try_write_batch(&indices).expect("batch"), 1024);
-    assert!(w.try_write_batch(&indices[1024..]).expect_err("full").is_would_block());
+    assert!(
+        w.try_write_batch(&indices[1024..])
+            .expect_err("full")
+            .is_would_block()
+    );
     let mut out = vec![0u32; 700];
     assert_eq!(rd.try_read_batch(&mut out).expect("read"), 700);
     assert_eq!(&out[..], &indices[..700]);
@@ -127,7 +142,10 @@ fn batches() {
     assert_eq!(&rest[..324], &indices[700..1024]);
     assert_eq!(&rest[324..800], &indices[1024..]);
     // A block not owned by the writer is refused, and nothing is queued for it.
-    assert!(w.try_write_batch(&[indices[0]]).is_ok(), "reader owns it now, in this process");
+    assert!(
+        w.try_write_batch(&[indices[0]]).is_ok(),
+        "reader owns it now, in this process"
+    );
     for index in out.iter().chain(&rest[..800]).skip(1) {
         pool.release(*index).expect("release");
     }
@@ -187,7 +205,9 @@ fn two_processes_move_100k_packets_in_order() {
     let count = "100000";
     let mut producer = util::spawn_with_stdin(&["produce", &name.0, "-", count]);
     let mut consumer = util::spawn_with_stdin(&["consume", &name.0, "-", count]);
-    let r = pool.ring_create(producer.id(), consumer.id()).expect("ring");
+    let r = pool
+        .ring_create(producer.id(), consumer.id())
+        .expect("ring");
     util::tell(&mut producer, r);
     util::tell(&mut consumer, r);
     let p = util::wait_ok(producer, Duration::from_secs(120));

@@ -79,15 +79,15 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn bench(scenario: BenchScenario) -> Result<()> {
     match scenario {
-        BenchScenario::Pool => run(cargo().args([
-            "bench", "--locked", "-p", "o7s-pool", "--bench", "pool",
-        ])),
+        BenchScenario::Pool => {
+            run(cargo().args(["bench", "--locked", "-p", "o7s-pool", "--bench", "pool"]))
+        }
         BenchScenario::Eth => bail!(
             "`cargo xtask bench eth` is not implemented yet: it needs the Ethernet layer (issue 3)"
         ),
-        BenchScenario::Irmd => bail!(
-            "`cargo xtask bench irmd` is not implemented yet: it needs the IRMd (issue 4)"
-        ),
+        BenchScenario::Irmd => {
+            bail!("`cargo xtask bench irmd` is not implemented yet: it needs the IRMd (issue 4)")
+        }
     }
 }
 
@@ -97,7 +97,9 @@ fn cargo() -> Command {
 
 /// Runs a command to completion; a failure names the command.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

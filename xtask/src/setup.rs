@@ -11,7 +11,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libbpf-dev", "bpf_helpers.h for the XDP program"),
     ("gcc-multilib", "<asm/types.h> for <linux/bpf.h>"),
     ("iproute2", "network namespaces and veth pairs in tests"),
-    ("iputils-ping", "checks that kernel traffic still flows beside XDP"),
+    (
+        "iputils-ping",
+        "checks that kernel traffic still flows beside XDP",
+    ),
 ];
 
 fn missing() -> Vec<&'static str> {
@@ -62,7 +65,11 @@ pub fn ensure_installed() -> Result<()> {
 }
 
 fn install(missing: &[&str]) -> Result<()> {
-    if Command::new("dpkg-query").arg("--version").output().is_err() {
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!(
             "setup: not a Debian/Ubuntu machine; install the equivalents of: {}",
             missing.join(" ")

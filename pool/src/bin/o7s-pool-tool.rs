@@ -88,7 +88,7 @@ fn storm(name: &str, seed: u64, stopfile: &str) -> Result<(), Error> {
     let max = pool.layout().max_len() as u64;
     let mut ops = 0u64;
     loop {
-        if ops % 4096 == 0 && std::path::Path::new(stopfile).exists() {
+        if ops.is_multiple_of(4096) && std::path::Path::new(stopfile).exists() {
             break;
         }
         ops += 1;
@@ -143,7 +143,9 @@ fn produce(name: &str, ring: u32, count: u64) -> Result<(), Error> {
         for (k, b) in data[8..].iter_mut().enumerate() {
             *b = (n as usize + k) as u8;
         }
-        writer.write(p, Some(Duration::from_secs(10))).map_err(|(_, e)| e)?;
+        writer
+            .write(p, Some(Duration::from_secs(10)))
+            .map_err(|(_, e)| e)?;
     }
     Ok(())
 }
@@ -155,13 +157,18 @@ fn consume(name: &str, ring: u32, count: u64) -> Result<(), Error> {
         let p = reader.read(Some(Duration::from_secs(10)))?;
         let data = p.data();
         let expect_len = 8 + (n % 1500) as usize;
-        let seq = data.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        let seq = data
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
         let body_ok = data[8.min(data.len())..]
             .iter()
             .enumerate()
             .all(|(k, &b)| b == (n as usize + k) as u8);
         if data.len() != expect_len || seq != Some(n) || !body_ok {
-            eprintln!("o7s-pool-tool: packet {n} corrupt or out of order: len {} seq {seq:?}", data.len());
+            eprintln!(
+                "o7s-pool-tool: packet {n} corrupt or out of order: len {} seq {seq:?}",
+                data.len()
+            );
             std::process::exit(3);
         }
     }

@@ -90,7 +90,15 @@ pub fn wait_ok(mut child: Child, limit: std::time::Duration) -> String {
         }
     }
     let out = child.wait_with_output().expect("output");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child failed ({}): {text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child failed ({}): {text}",
+        out.status
+    );
     text
 }
