@@ -150,3 +150,35 @@ fn two_hundred_random_sigkills() {
     let report = pool.verify();
     assert_eq!(report.free, pool.layout().total_blocks, "{report:?}");
 }
+
+#[test]
+fn reclaim_leaves_blocks_queued_for_a_live_reader() {
+    let (name, pool) = create("crash-queued", &crash_config());
+    let mut producer = spawn_with_stdin(&["produce", &name.0, "-", "1000000000"]);
+    let r = pool
+        .ring_create(producer.id(), std::process::id())
+        .expect("ring");
+    tell(&mut producer, r);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.ring_len(r).expect("len") < 1024 {
+        assert!(Instant::now() < deadline, "producer never filled the ring");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    producer.kill().expect("kill");
+    producer.wait().expect("wait");
+    pool.reclaim(producer.id());
+    // Everything it queued is still there, intact and in order; only then does the flow end.
+    let reader = pool.ring_reader(r).expect("reader");
+    for n in 0..1024u64 {
+        let p = reader
+            .try_read()
+            .expect("queued packet survives its writer");
+        assert_eq!(p.data()[..8], n.to_le_bytes(), "packet {n}");
+        assert_eq!(p.len(), 8 + (n % 1500) as usize);
+    }
+    assert!(matches!(reader.try_read(), Err(o7s_pool::Error::PeerGone)));
+    drop(reader);
+    pool.ring_destroy(r).expect("destroy");
+    assert_verified(&pool);
+    assert_eq!(pool.verify().free, pool.layout().total_blocks);
+}
