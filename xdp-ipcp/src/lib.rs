@@ -1,3 +1,39 @@
 //! The eth-dix IPC process over AF_XDP, with an AF_PACKET fallback.
 //!
-//! Not implemented yet: see the open issues.
+//! So far this crate holds the I/O-free core of the layer, [`Layer`]: registry, directory
+//! cache and name queries, endpoint ids and the flow table, flow allocation (requester and
+//! responder side), data-frame classification and header writing, and counters. The
+//! AF_XDP and AF_PACKET backends, which own the sockets and the clock, are not written yet.
+//!
+//! ```
+//! use o7s_proto::MacAddr;
+//! use o7s_xdp_ipcp::{Config, Instant, Layer, QueryStart};
+//!
+//! let mut a = Layer::new(Config::new(MacAddr([2, 0, 0, 0, 0, 0x0a])))?;
+//! let mut b = Layer::new(Config::new(MacAddr([2, 0, 0, 0, 0, 0x0b])))?;
+//! let hash = [0x25u8; 32];
+//! b.register(&hash)?;
+//! let now = Instant::ZERO;
+//! assert!(matches!(a.query(&hash, now)?, QueryStart::Pending(_)));
+//! // The backend would send these; here B receives them directly.
+//! let req = a.poll_transmit().unwrap();
+//! b.handle_rx(&req.frame, now);
+//! a.handle_rx(&b.poll_transmit().unwrap().frame, now);
+//! assert!(a.poll_event().is_some()); // QueryResolved
+//! assert_eq!(a.query(&hash, now)?, QueryStart::Resolved(b.config().mac));
+//! # Ok::<(), o7s_xdp_ipcp::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod directory;
+pub mod flows;
+pub mod layer;
+pub mod time;
+
+pub use directory::{QUERY_TIMEOUT, QueryId};
+pub use flows::{EID_END, EID_MIN, Flow, FlowState, FlowStats};
+pub use layer::{
+    Config, DropReason, Error, Event, Layer, MAX_MTU, QueryStart, RxAction, Stats, Transmit,
+};
+pub use time::Instant;
