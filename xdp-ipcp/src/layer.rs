@@ -686,6 +686,11 @@ impl Layer {
             self.stats.drops[DropReason::BadLength as usize] += 1;
             return Some(DropReason::BadLength);
         };
+        if view.eid() != MGMT_EID {
+            // Misuse (a frame classify_rx did not call management); refuse it all the same.
+            self.stats.drops[DropReason::BadMgmt as usize] += 1;
+            return Some(DropReason::BadMgmt);
+        }
         let src = view.src_addr();
         let msg = match MgmtMsg::parse_bytes(view.payload_ref(), self.config.hash_len) {
             Ok(msg) => msg,

@@ -1,0 +1,76 @@
+//! The data path does not allocate: `classify_rx` (data and every drop reason it decides)
+//! and `write_header` are run under a counting global allocator.
+//!
+//! This binary holds a single test so no other test thread allocates while counting.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use o7s_xdp_ipcp::RxAction;
+use util::{Pair, RAW_QOS};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to `System`, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn data_path_does_not_allocate() {
+    let mut p = Pair::new();
+    let (ea, eb) = p.allocate(&[7; 32], RAW_QOS);
+    let mut frame = vec![0u8; 18 + 100];
+    let mut unknown = frame.clone();
+    let mut wrong_type = frame.clone();
+    let runt = [0u8; 10];
+
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut delivered = 0;
+    for _ in 0..1000 {
+        let header: &mut [u8; 18] = (&mut frame[..18]).try_into().unwrap();
+        p.a.write_header(ea, 100, header).unwrap();
+        if let RxAction::Data { eid, .. } = p.b.classify_rx(&frame) {
+            assert_eq!(eid, eb);
+            delivered += 1;
+        }
+        unknown.copy_from_slice(&frame);
+        unknown[14..16].copy_from_slice(&999u16.to_be_bytes());
+        assert!(matches!(p.b.classify_rx(&unknown), RxAction::Drop(_)));
+        wrong_type.copy_from_slice(&frame);
+        wrong_type[12] = 0x08;
+        assert!(matches!(p.b.classify_rx(&wrong_type), RxAction::Drop(_)));
+        assert!(matches!(p.b.classify_rx(&runt), RxAction::Drop(_)));
+        assert!(p.a.check_sdu_len(100_000).is_err());
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(delivered, 1000);
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "the data path allocated");
+}
