@@ -9,6 +9,16 @@
 //! 3. A block index ping-pong between two processes over two flow rings, against the same
 //!    4-byte ping-pong over two pipes (the child's stdin and stdout).
 //!
+//! Extra rows, for reading the figures: in 2., the two processes once more while the child
+//! keeps a few blocks allocated, which moves its hot block's descriptor to another cache line
+//! than the parent's (with shards interleaved by block index, the blocks on top of different
+//! shards' stacks have neighbouring descriptors); in 3., one atomic word bounced between two
+//! threads, the floor for any shared-memory ping-pong on this machine. The header line reports
+//! how many CPUs two busy threads really get: every two-sided figure depends on it.
+//!
+//! Without a `--bench` argument (`cargo test --all-targets` runs bench targets too) the run is a
+//! smoke test of a fraction of a second whose figures mean nothing.
+//!
 //! The last line is the one-line summary `pool: alloc/mutex-baseline R1, ring/pipe R2`, where
 //! R1 = pool ns per pair / mutex ns per pair (lower is better) and R2 = ring messages/s / pipe
 //! messages/s (higher is better). Nothing here asserts on speed.
@@ -18,6 +28,7 @@ use std::hint::black_box;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,15 +40,54 @@ const CHILD_ENV: &str = "O7S_BENCH_CHILD";
 const POOL_ENV: &str = "O7S_BENCH_POOL";
 /// Payload bytes per allocation (the class is chosen with head- and tailroom added).
 const PAYLOAD: usize = 64;
-/// Repetitions of every measurement; the best one is reported.
-const REPS: usize = 3;
-/// Pairs per repetition in the single-process test.
-const SINGLE_PAIRS: u64 = 5_000_000;
-/// Length of each two-sided alloc+free window.
-const WINDOW: Duration = Duration::from_millis(400);
-/// Measured time per ping-pong repetition, after `WARMUP_TRIPS` unmeasured round trips.
-const PINGPONG_WINDOW: Duration = Duration::from_millis(700);
-const WARMUP_TRIPS: usize = 2_000;
+
+/// How long and how often to measure. `cargo bench` passes `--bench` and gets the full run;
+/// without it (`cargo test --all-targets` runs this binary too) a tiny smoke run only checks
+/// that every path works.
+struct Plan {
+    /// Repetitions of every measurement; the best one is reported.
+    reps: usize,
+    /// Pairs per repetition in the single-process test.
+    single_pairs: u64,
+    /// Length of each two-sided alloc+free window.
+    window: Duration,
+    /// Measured time per ping-pong repetition, after `warmup_trips` unmeasured round trips.
+    pingpong_window: Duration,
+    /// The same for the reference row (one atomic bounced between two threads).
+    atomic_window: Duration,
+    warmup_trips: usize,
+}
+
+const FULL: Plan = Plan {
+    reps: 3,
+    single_pairs: 5_000_000,
+    window: Duration::from_millis(400),
+    pingpong_window: Duration::from_millis(700),
+    atomic_window: Duration::from_millis(300),
+    warmup_trips: 2_000,
+};
+
+const SMOKE: Plan = Plan {
+    reps: 1,
+    single_pairs: 10_000,
+    window: Duration::from_millis(10),
+    pingpong_window: Duration::from_millis(10),
+    atomic_window: Duration::from_millis(10),
+    warmup_trips: 10,
+};
+
+static PLAN: std::sync::OnceLock<&'static Plan> = std::sync::OnceLock::new();
+
+fn plan() -> &'static Plan {
+    PLAN.get_or_init(|| {
+        if std::env::args().any(|a| a == "--bench") {
+            &FULL
+        } else {
+            &SMOKE
+        }
+    })
+}
+
 /// The ping-pong word that ends a repetition (echoed, then the child stops).
 const STOP: [u8; 4] = u32::MAX.to_le_bytes();
 /// How long either side waits on a ring before deciding its peer is gone.
@@ -405,11 +455,12 @@ fn spawn_with_shard(name: &str, me: u32, shards: u32, same: bool) -> Option<Peer
     None
 }
 
-/// Both processes allocate and free for `WINDOW` at once; the child first holds `hold` blocks.
+/// Both processes allocate and free for one window at once; the child first holds `hold`
+/// blocks.
 fn contended(pool: &Pool, peer: &mut Peer, hold: usize) -> Duo {
-    best_duo((0..REPS).map(|_| {
-        peer.send(&format!("alloc {} {hold}", WINDOW.as_millis()));
-        let mine = pool_window(pool, WINDOW);
+    best_duo((0..plan().reps).map(|_| {
+        peer.send(&format!("alloc {} {hold}", plan().window.as_millis()));
+        let mine = pool_window(pool, plan().window);
         let reply = peer.recv();
         let words: Vec<&str> = reply.split_whitespace().collect();
         let num = |i: usize| -> u64 {
@@ -442,7 +493,7 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
         .ring_reader(back)
         .expect("cannot take the reader of ring child -> parent");
     let mut runs = Vec::new();
-    for _ in 0..REPS {
+    for _ in 0..plan().reps {
         peer.send(&format!("ring {there} {back}"));
         assert_eq!(
             peer.recv(),
@@ -467,12 +518,12 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
                 .expect("ring read (child -> parent)");
             let now = Instant::now();
             trips += 1;
-            if trips > WARMUP_TRIPS {
+            if trips > plan().warmup_trips {
                 lat.push((now - prev).as_nanos() as u64);
-                if now - start >= PINGPONG_WINDOW {
+                if now - start >= plan().pingpong_window {
                     break;
                 }
-            } else if trips == WARMUP_TRIPS {
+            } else if trips == plan().warmup_trips {
                 start = now;
             }
             prev = now;
@@ -510,7 +561,7 @@ fn ring_pingpong(pool: &Pool, peer: &mut Peer) -> PingPong {
 
 fn pipe_pingpong(peer: &mut Peer) -> PingPong {
     let mut runs = Vec::new();
-    for _ in 0..REPS {
+    for _ in 0..plan().reps {
         peer.send("pipe");
         let mut lat = Vec::with_capacity(1 << 20);
         let mut buf = [0u8; 4];
@@ -528,12 +579,12 @@ fn pipe_pingpong(peer: &mut Peer) -> PingPong {
             let now = Instant::now();
             assert_eq!(buf, word, "pipe ping-pong out of step");
             trips += 1;
-            if trips > WARMUP_TRIPS {
+            if trips > plan().warmup_trips {
                 lat.push((now - prev).as_nanos() as u64);
-                if now - start >= PINGPONG_WINDOW {
+                if now - start >= plan().pingpong_window {
                     break;
                 }
-            } else if trips == WARMUP_TRIPS {
+            } else if trips == plan().warmup_trips {
                 start = now;
             }
             prev = now;
@@ -575,6 +626,58 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The floor for any shared-memory ping-pong here: one atomic word bounced between two
+/// spinning threads (one cache-line transfer each way).
+fn atomic_pingpong() -> PingPong {
+    #[repr(align(64))]
+    struct Line(AtomicU32);
+    const DONE: u32 = u32::MAX;
+    let line = Line(AtomicU32::new(0));
+    best_pingpong(
+        (0..plan().reps)
+            .map(|_| {
+                line.0.store(0, Ordering::Relaxed);
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        loop {
+                            match line.0.load(Ordering::Acquire) {
+                                DONE => break,
+                                v if v & 1 == 1 => line.0.store(v + 1, Ordering::Release),
+                                _ => std::hint::spin_loop(),
+                            }
+                        }
+                    });
+                    let mut lat = Vec::with_capacity(1 << 22);
+                    let mut value = 0u32;
+                    let mut trips = 0usize;
+                    let mut start = Instant::now();
+                    let mut prev = start;
+                    loop {
+                        line.0.store(value + 1, Ordering::Release);
+                        value += 2;
+                        while line.0.load(Ordering::Acquire) != value {
+                            std::hint::spin_loop();
+                        }
+                        let now = Instant::now();
+                        trips += 1;
+                        if trips > plan().warmup_trips {
+                            lat.push((now - prev).as_nanos() as u64);
+                            if now - start >= plan().atomic_window {
+                                break;
+                            }
+                        } else if trips == plan().warmup_trips {
+                            start = now;
+                        }
+                        prev = now;
+                    }
+                    line.0.store(DONE, Ordering::Release);
+                    PingPong::from_latencies(lat, (prev - start).as_secs_f64())
+                })
+            })
+            .collect(),
+    )
+}
+
 fn parent_main() {
     let wall = Instant::now();
     let me = std::process::id();
@@ -604,20 +707,29 @@ fn parent_main() {
         "machine: {cpus} CPUs, load average {load_before}; two busy threads got {cpu_check:.2} \
          CPUs' worth (2.00 = both cores free for us)"
     );
+    if cpu_check < 1.8 {
+        println!(
+            "WARNING: something else is using the CPUs; the two-sided figures (2. and 3.) measure \
+             time-slicing more than the pool"
+        );
+    }
+    if std::ptr::eq(plan(), &SMOKE) {
+        println!("smoke run (no --bench argument): tiny sizes, the figures mean nothing");
+    }
     let baseline_list = || Mutex::new((0..class.blocks).collect::<Vec<u32>>());
 
     // 1. One process.
     let phase = Instant::now();
-    let _ = pool_pairs(&pool, SINGLE_PAIRS / 10); // warm-up
-    let single = best((0..REPS).map(|_| Run {
-        pairs: SINGLE_PAIRS,
-        secs: pool_pairs(&pool, SINGLE_PAIRS).as_secs_f64(),
+    let _ = pool_pairs(&pool, plan().single_pairs / 10); // warm-up
+    let single = best((0..plan().reps).map(|_| Run {
+        pairs: plan().single_pairs,
+        secs: pool_pairs(&pool, plan().single_pairs).as_secs_f64(),
     }));
     let list = baseline_list();
-    let _ = mutex_pairs(&list, SINGLE_PAIRS / 10);
-    let single_base = best((0..REPS).map(|_| Run {
-        pairs: SINGLE_PAIRS,
-        secs: mutex_pairs(&list, SINGLE_PAIRS).as_secs_f64(),
+    let _ = mutex_pairs(&list, plan().single_pairs / 10);
+    let single_base = best((0..plan().reps).map(|_| Run {
+        pairs: plan().single_pairs,
+        secs: mutex_pairs(&list, plan().single_pairs).as_secs_f64(),
     }));
     let r1 = single.ns_per_pair() / single_base.ns_per_pair();
     let phase1 = phase.elapsed();
@@ -637,14 +749,14 @@ fn parent_main() {
     });
     let list = baseline_list();
     let barrier = Barrier::new(2);
-    let two_threads = best_duo((0..REPS).map(|_| {
+    let two_threads = best_duo((0..plan().reps).map(|_| {
         std::thread::scope(|s| {
             let other = s.spawn(|| {
                 barrier.wait();
-                mutex_window(&list, WINDOW)
+                mutex_window(&list, plan().window)
             });
             barrier.wait();
-            let mine = mutex_window(&list, WINDOW);
+            let mine = mutex_window(&list, plan().window);
             duo(mine, other.join().expect("baseline thread panicked"))
         })
     }));
@@ -658,14 +770,16 @@ fn parent_main() {
     };
     let rings = ring_pingpong(&pool, &mut peer);
     let pipes = pipe_pingpong(&mut peer);
+    let floor = atomic_pingpong();
     peer.quit();
     let r2 = rings.msgs_per_sec() / pipes.msgs_per_sec();
     let phase3 = phase.elapsed();
 
     // The table.
+    let (reps, single_pairs) = (plan().reps, plan().single_pairs);
     println!();
     println!(
-        "1. alloc+free pairs, one process (best of {REPS} x {SINGLE_PAIRS} pairs; took {:.1} s)",
+        "1. alloc+free pairs, one process (best of {reps} x {single_pairs} pairs; took {:.1} s)",
         phase1.as_secs_f64()
     );
     println!("   {:<52} {:>10} {:>12}", "case", "ns/pair", "pairs/s");
@@ -686,8 +800,8 @@ fn parent_main() {
 
     println!();
     println!(
-        "2. alloc+free pairs, two at once on one class (best of {REPS} x {} ms; took {:.1} s)",
-        WINDOW.as_millis(),
+        "2. alloc+free pairs, two at once on one class (best of {reps} x {} ms; took {:.1} s)",
+        plan().window.as_millis(),
         phase2.as_secs_f64()
     );
     println!(
@@ -735,9 +849,10 @@ fn parent_main() {
 
     println!();
     println!(
-        "3. ping-pong between two processes (best of {REPS} x {} ms; a message is one direction, \
-         two per round trip; took {:.1} s)",
-        PINGPONG_WINDOW.as_millis(),
+        "3. ping-pong between two processes (best of {reps} x {} ms, last row {} ms; a message \
+         is one direction, two per round trip; took {:.1} s)",
+        plan().pingpong_window.as_millis(),
+        plan().atomic_window.as_millis(),
         phase3.as_secs_f64()
     );
     println!(
@@ -747,6 +862,7 @@ fn parent_main() {
     for (label, p) in [
         ("pool: block index over two flow rings", &rings),
         ("baseline: 4 bytes over two pipes", &pipes),
+        ("for scale: one atomic between two threads", &floor),
     ] {
         println!(
             "   {label:<44} {:>12} {:>12} {:>12} {:>12}",
@@ -757,6 +873,11 @@ fn parent_main() {
         );
     }
     println!("   R2 = ring messages/s / pipe messages/s = {r2:.2}");
+    println!(
+        "   (medians alone: pipe RTT / ring RTT = {:.2}; messages/s also counts each side's slow \
+         round trips, e.g. sleeping and waking)",
+        pipes.median_ns as f64 / rings.median_ns as f64
+    );
 
     println!();
     let report = pool.verify();
