@@ -160,8 +160,17 @@ impl ClassLayout {
         index.wrapping_sub(self.first_index) < self.blocks
     }
 
-    pub(crate) fn shard_of(&self, index: u32, shards: u32) -> u32 {
-        (index - self.first_index) % shards
+    /// A block's home shard. Shards own contiguous runs of blocks, so the descriptors at the
+    /// top of two shards' stacks do not share a cache line (interleaving them made two
+    /// processes on different shards contend on the same lines).
+    pub(crate) fn shard_of(&self, index: u32) -> u32 {
+        (index - self.first_index) / self.stack_capacity
+    }
+
+    /// The class-relative block numbers whose home is shard `s`.
+    pub(crate) fn shard_range(&self, s: u32) -> std::ops::Range<u32> {
+        let start = (s * self.stack_capacity).min(self.blocks);
+        start..(start + self.stack_capacity).min(self.blocks)
     }
 }
 

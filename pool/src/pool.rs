@@ -184,16 +184,14 @@ impl Pool {
                 unsafe { sys::robust_mutex_init(self.shard_mutex(c, s)) }
                     .map_err(|e| Error::sys("pthread_mutex_init", &self.name, e))?;
                 let mut n = 0;
-                for i in 0..class.blocks {
-                    if i % cfg.shards == s {
-                        let index = class.first_index + i;
-                        self.desc(index).word.store(
-                            DescWord::new(Place::Free { shard: s }).encode(),
-                            Ordering::Relaxed,
-                        );
-                        self.stack_slot(class, s, n).store(index, Ordering::Relaxed);
-                        n += 1;
-                    }
+                for i in class.shard_range(s) {
+                    let index = class.first_index + i;
+                    self.desc(index).word.store(
+                        DescWord::new(Place::Free { shard: s }).encode(),
+                        Ordering::Relaxed,
+                    );
+                    self.stack_slot(class, s, n).store(index, Ordering::Relaxed);
+                    n += 1;
                 }
                 self.shard(c, s).count.store(n, Ordering::Relaxed);
             }
@@ -445,7 +443,7 @@ impl Pool {
             // The descriptor changes first: a crash before the count update is repaired from
             // the descriptors, which are the truth.
             let taken = class.contains(index)
-                && class.shard_of(index, self.layout.config.shards) == s
+                && class.shard_of(index) == s
                 && self
                     .desc(index)
                     .word
@@ -465,7 +463,7 @@ impl Pool {
         let Ok((c, class)) = self.class(index) else {
             return Err(expected);
         };
-        let s = class.shard_of(index, self.layout.config.shards);
+        let s = class.shard_of(index);
         {
             let _guard = self.lock_shard(c, s);
             let free = DescWord::new(Place::Free { shard: s }).encode();
@@ -659,7 +657,7 @@ impl Pool {
     }
 
     fn decode(&self, index: u32, raw: u64) -> Result<DescWord> {
-        DescWord::decode(raw).ok_or(Error::Corrupt {
+        DescWord::decode(raw).ok_or_else(|| Error::Corrupt {
             name: self.name.clone(),
             reason: format!("descriptor of block {index} reads {raw:#x}"),
         })
@@ -835,10 +833,9 @@ impl Pool {
     /// The repair after a holder died: the stack becomes exactly the shard's free blocks.
     fn rebuild_shard(&self, c: usize, s: u32) {
         let class = &self.layout.classes[c];
-        let shards = self.layout.config.shards;
         let free = DescWord::new(Place::Free { shard: s }).encode();
         let mut n = 0;
-        for i in (s..class.blocks).step_by(shards as usize) {
+        for i in class.shard_range(s) {
             let index = class.first_index + i;
             if self.desc(index).word.load(Ordering::Acquire) == free && n < class.stack_capacity {
                 self.stack_slot(class, s, n).store(index, Ordering::Relaxed);

@@ -500,8 +500,11 @@ impl<'p> RingReader<'p> {
                 Err(Error::WouldBlock { .. }) => {}
                 other => return other,
             }
+            // Only flags that end a read count: READ_ONLY concerns the writer, and treating it
+            // as "ready" would spin past the deadline.
+            let ending = RingFlags::PEER_GONE | RingFlags::FLOW_DOWN;
             wait(self.h, deadline, || {
-                self.available() > 0 || self.h.flags.load(Ordering::Acquire) != 0
+                self.available() > 0 || self.h.flags.load(Ordering::Acquire) & ending != 0
             })?;
         }
     }

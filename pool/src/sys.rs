@@ -53,9 +53,9 @@ pub fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
 /// `shm_open(O_RDWR)` of an existing object.
 pub fn shm_open(name: &str) -> io::Result<OwnedFd> {
     let cname = shm_name(name)?;
+    let flags = libc::O_RDWR | libc::O_CLOEXEC;
     // SAFETY: cname is a valid NUL-terminated string.
-    let fd =
-        syscall!(unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) })?;
+    let fd = syscall!(unsafe { libc::shm_open(cname.as_ptr(), flags, 0) })?;
     // SAFETY: shm_open just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -27,7 +27,7 @@ pub(crate) fn run(pool: &Pool) -> Report {
             }
             for k in 0..n {
                 let index = pool.stack_slot(class, s, k).load(Ordering::Relaxed);
-                if !class.contains(index) || class.shard_of(index, shards) != s {
+                if !class.contains(index) || class.shard_of(index) != s {
                     r.problems.push(format!(
                         "class {} shard {s}: stray entry {index}",
                         class.block_size

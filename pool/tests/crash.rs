@@ -177,7 +177,6 @@ fn reclaim_leaves_blocks_queued_for_a_live_reader() {
         assert_eq!(p.len(), 8 + (n % 1500) as usize);
     }
     assert!(matches!(reader.try_read(), Err(o7s_pool::Error::PeerGone)));
-    drop(reader);
     pool.ring_destroy(r).expect("destroy");
     assert_verified(&pool);
     assert_eq!(pool.verify().free, pool.layout().total_blocks);

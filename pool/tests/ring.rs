@@ -94,6 +94,13 @@ fn flags_stop_writes_and_end_reads_after_draining() {
         .try_write(pool.try_alloc(1).expect("alloc"))
         .expect_err("ro");
     assert!(matches!(e, Error::ReadOnly));
+    // A writer-side flag must not turn a blocking read into a spin past its deadline.
+    let t = Instant::now();
+    assert!(matches!(
+        rd.read(Some(Duration::from_millis(50))),
+        Err(Error::TimedOut { .. })
+    ));
+    assert!(t.elapsed() < Duration::from_secs(5));
     pool.ring_set_flags(r, RingFlags::PEER_GONE).expect("gone");
     assert!(matches!(rd.try_read(), Err(Error::PeerGone)));
     assert_verified(&pool);
