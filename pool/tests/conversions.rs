@@ -10,10 +10,13 @@ use proptest::prelude::*;
 use util::{ShmName, assert_verified};
 
 fn shared_pool() -> &'static Pool {
-    static POOL: OnceLock<(ShmName, Pool)> = OnceLock::new();
-    &POOL
-        .get_or_init(|| util::create("conv", &PoolConfig::small()))
-        .1
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // A static is never dropped: unlink the name now, the mapping stays valid.
+        let (name, pool) = util::create("conv", &PoolConfig::small());
+        drop(name);
+        pool
+    })
 }
 
 fn config() -> impl Strategy<Value = PoolConfig> {
