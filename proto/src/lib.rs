@@ -65,6 +65,8 @@ mod error;
 pub mod eth_mgmt;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use dix::MacAddr;
 pub use error::Error;

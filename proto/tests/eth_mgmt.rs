@@ -8,11 +8,9 @@ use o7s_proto::dix::{Frame, HEADER_LEN as DIX_HEADER_LEN};
 use o7s_proto::eth_mgmt::{
     Code, HASH_LENS, HEADER_LEN, MAX_PAYLOAD, MgmtMsg, Packet, QosSpec, field,
 };
+use o7s_proto::testing::{OPING_SRV_HASH, RAW_QOS};
 use proptest::prelude::*;
 use util::{HASH_LEN, assert_truncation_rejected, decode_hex, reemit_frame, vector};
-
-/// SHA3-256 of "oping.srv", the name every captured exchange looks up.
-const OPING_SRV_HASH: &str = "2585c39091acfdf5ac6fa01d3d8b2c88577d4c63650125d6ff88de7aa195382a";
 
 const MGMT_VECTORS: [&str; 6] = [
     "alloc-05",
@@ -22,18 +20,6 @@ const MGMT_VECTORS: [&str; 6] = [
     "qos-best-01",
     "qos-best-02",
 ];
-
-/// The QoS `oping` asks for by default (raw); `-q best` differs only in `in_order`.
-const RAW_QOS: QosSpec = QosSpec {
-    loss: 1,
-    bandwidth: 0,
-    ber: 1,
-    max_gap: u32::MAX,
-    delay: u32::MAX,
-    timeout: 120_000,
-    in_order: 0,
-    availability: 0,
-};
 
 fn payload(frame: &[u8]) -> &[u8] {
     Frame::new_checked(frame).unwrap().payload_ref()

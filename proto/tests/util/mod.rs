@@ -1,56 +1,15 @@
 //! Helpers shared by the integration tests: captured vectors and the truncation sweep.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-
-use std::path::PathBuf;
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different subset"
+)]
 
 use o7s_proto::Error;
 use o7s_proto::dix::{self, Frame};
 use o7s_proto::eth_mgmt::MgmtMsg;
 
-/// Hash length of the captured layer (SHA3-256).
-pub const HASH_LEN: usize = 32;
-
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
-}
-
-/// Decodes a `.hex` vector: `#` starts a comment, whitespace is ignored.
-pub fn decode_hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.bytes().filter(|b| !b.is_ascii_whitespace()))
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|p| {
-            let s = std::str::from_utf8(p).unwrap();
-            u8::from_str_radix(s, 16).unwrap_or_else(|_| panic!("bad hex {s:?}"))
-        })
-        .collect()
-}
-
-/// One captured frame, by file stem (e.g. `alloc-07`).
-pub fn vector(name: &str) -> Vec<u8> {
-    let path = vectors_dir().join(format!("{name}.hex"));
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    decode_hex(&text)
-}
-
-/// Every captured frame, sorted by name.
-pub fn all_vectors() -> Vec<(String, Vec<u8>)> {
-    let mut names: Vec<String> = std::fs::read_dir(vectors_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "hex"))
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(!names.is_empty(), "no vectors found");
-    names.into_iter().map(|n| (n.clone(), vector(&n))).collect()
-}
+pub use o7s_proto::testing::{HASH_LEN, all_vectors, decode_hex, vector};
 
 /// Parses a whole DIX frame (management payloads as [`MgmtMsg`] with `hash_len`) and emits it
 /// again into a buffer pre-filled with 0xa5. Returns the re-emitted frame without padding.

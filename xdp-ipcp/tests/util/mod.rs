@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: two layers wired back to back, captured vectors.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-
-use std::path::PathBuf;
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different subset"
+)]
 
 use o7s_proto::MacAddr;
 use o7s_proto::eth_mgmt::QosSpec;
@@ -10,20 +12,7 @@ use o7s_xdp_ipcp::{Config, Event, Instant, Layer, QueryStart, RxAction};
 pub const A: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
 pub const B: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0b]);
 
-/// SHA3-256 of "oping.srv", the name every captured exchange looks up.
-pub const OPING_SRV_HASH: &str = "2585c39091acfdf5ac6fa01d3d8b2c88577d4c63650125d6ff88de7aa195382a";
-
-/// The QoS `oping` asks for by default (raw); `-q best` differs only in `in_order`.
-pub const RAW_QOS: QosSpec = QosSpec {
-    loss: 1,
-    bandwidth: 0,
-    ber: 1,
-    max_gap: u32::MAX,
-    delay: u32::MAX,
-    timeout: 120_000,
-    in_order: 0,
-    availability: 0,
-};
+pub use o7s_proto::testing::{OPING_SRV_HASH, RAW_QOS, decode_hex, vector};
 
 /// Which side sent a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,30 +132,6 @@ pub fn assert_data(to: &mut Layer, frame: &[u8], eid: u16, sdu: &[u8]) {
         }
         other => panic!("expected data for eid {eid}, got {other:?}"),
     }
-}
-
-/// Decodes a `.hex` vector: `#` starts a comment, whitespace is ignored.
-pub fn decode_hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.bytes().filter(|b| !b.is_ascii_whitespace()))
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
-}
-
-/// One captured frame of the reference, from proto's vectors (e.g. `alloc-07`).
-pub fn vector(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../proto/tests/vectors")
-        .join(format!("{name}.hex"));
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    decode_hex(&text)
 }
 
 pub fn oping_hash() -> Vec<u8> {
