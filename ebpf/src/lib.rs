@@ -394,15 +394,7 @@ impl SteerProgram {
         }
         let mut ebpf = Ebpf::load(object()).map_err(Error::Open)?;
 
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: PROGRAM_NAME,
-            })?
-            .try_into()
-            .map_err(Error::ProgramType)?;
-        program.load().map_err(Error::Load)?;
+        xdp_program(&mut ebpf)?.load().map_err(Error::Load)?;
 
         let config =
             Array::try_from(take_map(&mut ebpf, CONFIG_MAP)?).map_err(|source| Error::MapType {
@@ -631,15 +623,19 @@ impl SteerProgram {
     }
 
     fn program(&mut self) -> Result<&mut Xdp, Error> {
-        self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(Error::Missing {
-                kind: "program",
-                name: PROGRAM_NAME,
-            })?
-            .try_into()
-            .map_err(Error::ProgramType)
+        xdp_program(&mut self.ebpf)
     }
+}
+
+/// The steering program inside a loaded object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name: PROGRAM_NAME,
+        })?
+        .try_into()
+        .map_err(Error::ProgramType)
 }
 
 impl fmt::Debug for SteerProgram {
