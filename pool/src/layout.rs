@@ -1,7 +1,7 @@
 //! Where everything sits in a pool object, computed purely from its configuration.
 //!
 //! ```text
-//! [header][class states][shard locks][shard stacks][block descriptors][flow rings][data area]
+//! [header][shard locks][shard stacks][block descriptors][flow rings][data area]
 //! ```
 //! The data area is page-aligned and starts with the frame class (4096-byte blocks), so frame
 //! block `i` is at data offset `i * 4096`; every other class follows, each starting on a page, so a
@@ -146,8 +146,6 @@ pub struct ClassLayout {
     pub first_index: u32,
     /// Offset of the first block from the data area's start.
     pub data_offset: u64,
-    /// Offset (from the object's start) of this class's runtime state.
-    pub(crate) state_offset: usize,
     /// Offset of shard 0's lock; shard `s` is at `+ s * SHARD_SIZE`.
     pub(crate) shards_offset: usize,
     /// Offset of shard 0's stack; each shard's stack holds `stack_capacity` u32s.
@@ -192,7 +190,6 @@ pub struct Layout {
 }
 
 pub(crate) const HEADER_SIZE: usize = 256;
-pub(crate) const CLASS_STATE_SIZE: usize = CACHE_LINE;
 pub(crate) const SHARD_SIZE: usize = CACHE_LINE;
 pub(crate) const DESC_SIZE: usize = 16;
 pub(crate) const RING_HEADER_SIZE: usize = 3 * CACHE_LINE;
@@ -275,12 +272,10 @@ impl Layout {
                 blocks: k.blocks,
                 first_index: 0,
                 data_offset: 0,
-                state_offset: off,
                 shards_offset: 0,
                 stacks_offset: 0,
                 stack_capacity,
             });
-            off += CLASS_STATE_SIZE;
         }
         for l in &mut layouts {
             l.shards_offset = off;

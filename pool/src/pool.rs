@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use crate::desc::{DescWord, MAX_PID, Place};
 use crate::error::{Error, Result};
 use crate::layout::{
-    CLASS_STATE_SIZE, ClassConfig, ClassLayout, HEADER_SIZE, Layout, MAX_CLASSES, PoolConfig,
-    SHARD_SIZE,
+    ClassConfig, ClassLayout, HEADER_SIZE, Layout, MAX_CLASSES, PoolConfig, SHARD_SIZE,
 };
 use crate::packet::Packet;
 use crate::sys::{self, LockOutcome, Mapping};
@@ -97,14 +96,6 @@ pub struct Pool {
     name: String,
     pid: u32,
 }
-
-// Per-class bookkeeping in shared memory (currently unused beyond alignment; reserved for
-// per-class statistics).
-#[repr(C)]
-struct ClassState {
-    allocs_failed: AtomicU32,
-}
-const _: () = assert!(std::mem::size_of::<ClassState>() <= CLASS_STATE_SIZE);
 
 impl Pool {
     /// Creates and initialises a new pool object. Fails if it exists already.
