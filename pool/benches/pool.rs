@@ -10,10 +10,9 @@
 //!    4-byte ping-pong over two pipes (the child's stdin and stdout).
 //!
 //! Extra rows, for reading the figures: in 2., the two processes once more while the child
-//! keeps a few blocks allocated, which moves its hot block's descriptor to another cache line
-//! than the parent's (with shards interleaved by block index, the blocks on top of different
-//! shards' stacks have neighbouring descriptors); in 3., one atomic word bounced between two
-//! threads, the floor for any shared-memory ping-pong on this machine. The header line reports
+//! keeps a few blocks allocated (so the two sides' hot descriptors sit apart), and both on one
+//! home shard; in 3., one atomic word bounced between two threads, the floor for any
+//! shared-memory ping-pong on this machine. The header line reports
 //! how many CPUs two busy threads really get: every two-sided figure depends on it.
 //!
 //! Without a `--bench` argument (`cargo test --all-targets` runs bench targets too) the run is a
@@ -880,6 +879,7 @@ fn parent_main() {
     );
 
     println!();
+    pool.flush_caches();
     let report = pool.verify();
     if report.is_ok() {
         println!(

@@ -3,10 +3,10 @@
 //! or after a change, never in between.
 //!
 //! ```text
-//! bits 60..64  place kind   (free, owned, ring, kernel, held)
+//! bits 60..64  place kind   (free, owned, ring, kernel, held, cached)
 //! bits 52..60  holds        (extra references, e.g. kept for retransmission)
 //! bits 30..52  holder pid   (the one process that may hold extra references; 0 = none)
-//! bits  0..30  id           (shard for free, pid for owned/kernel, ring for ring)
+//! bits  0..30  id           (shard for free, pid for owned/kernel/cached, ring for ring)
 //! ```
 
 /// Where a block is. Every block is in exactly one place.
@@ -22,6 +22,8 @@ pub enum Place {
     Kernel { pid: u32 },
     /// Its primary reference is gone, only the holder's extra references keep it.
     Held,
+    /// In process `pid`'s local allocation cache: free, but reserved for that process.
+    Cached { pid: u32 },
 }
 
 /// The decoded descriptor word.
@@ -45,6 +47,7 @@ const OWNED: u64 = 1;
 const RING: u64 = 2;
 const KERNEL: u64 = 3;
 const HELD: u64 = 4;
+const CACHED: u64 = 5;
 
 impl DescWord {
     pub fn new(place: Place) -> Self {
@@ -62,6 +65,7 @@ impl DescWord {
             Place::Ring { ring } => (RING, ring),
             Place::Kernel { pid } => (KERNEL, pid),
             Place::Held => (HELD, 0),
+            Place::Cached { pid } => (CACHED, pid),
         };
         (kind << KIND_SHIFT)
             | (u64::from(self.holds) << HOLDS_SHIFT)
@@ -78,6 +82,7 @@ impl DescWord {
             RING => Place::Ring { ring: id },
             KERNEL => Place::Kernel { pid: id },
             HELD => Place::Held,
+            CACHED => Place::Cached { pid: id },
             _ => return None,
         };
         Some(Self {
@@ -104,6 +109,7 @@ mod test {
             (0u32..(1 << 16)).prop_map(|ring| Place::Ring { ring }),
             (1u32..=MAX_PID).prop_map(|pid| Place::Kernel { pid }),
             Just(Place::Held),
+            (1u32..=MAX_PID).prop_map(|pid| Place::Cached { pid }),
         ]
     }
 

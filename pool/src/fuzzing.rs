@@ -9,7 +9,10 @@ use crate::{Access, Pool, PoolConfig, RingFlags};
 /// Panics (the fuzz failure) only if an invariant is broken.
 pub fn run_ops(name: &str, data: &[u8]) {
     let _ = Pool::unlink(name);
-    let pool = match Pool::create(name, &PoolConfig::small(), Access::Shared) {
+    // The frame class is large enough to have a local cache, so cached blocks are fuzzed too.
+    let mut config = PoolConfig::small();
+    config.classes[2].blocks = 1024;
+    let pool = match Pool::create(name, &config, Access::Shared) {
         Ok(p) => p,
         Err(e) => panic!("cannot create fuzz pool {name}: {e}"),
     };
@@ -160,5 +163,7 @@ pub fn run_ops(name: &str, data: &[u8]) {
     }
     let report = pool.verify();
     assert!(report.is_ok(), "verify: {:?}", report.problems);
+    pool.flush_caches();
+    let report = pool.verify();
     assert_eq!(report.free, pool.layout().total_blocks, "{report:?}");
 }

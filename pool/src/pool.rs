@@ -95,6 +95,45 @@ pub struct Pool {
     layout: Layout,
     name: String,
     pid: u32,
+    /// Per class, this handle's local cache of blocks (`Cached { pid }` in their descriptors):
+    /// an alloc+free pair in one process then takes no shared lock. Bounded, flushed when full,
+    /// bypassed while another process waits for blocks, emptied on drop, and returned by
+    /// `reclaim` if the process dies.
+    caches: Vec<LocalCache>,
+}
+
+#[derive(Debug, Default)]
+struct LocalCache {
+    /// 0 disables the cache (small classes: a few hidden blocks would starve other processes).
+    capacity: usize,
+    /// The most recently freed block ([`NO_BLOCK`] if none): taken and refilled with one atomic
+    /// swap, so an alloc+free pair in a loop never locks anything.
+    hot: AtomicU32,
+    /// The rest of the cache (at most `capacity` blocks besides `hot`).
+    blocks: std::sync::Mutex<Vec<u32>>,
+}
+
+const NO_BLOCK: u32 = u32::MAX;
+
+/// Cache size for a class: a sixty-fourth of its blocks, at most 64; none below 4.
+fn cache_capacity(blocks: u32) -> usize {
+    let cap = (blocks / 64).min(64) as usize;
+    if cap < 4 { 0 } else { cap }
+}
+
+fn caches_for(layout: &Layout) -> Vec<LocalCache> {
+    layout
+        .classes
+        .iter()
+        .map(|k| {
+            let capacity = cache_capacity(k.blocks);
+            LocalCache {
+                capacity,
+                hot: AtomicU32::new(NO_BLOCK),
+                blocks: std::sync::Mutex::new(Vec::with_capacity(capacity + 1)),
+            }
+        })
+        .collect()
 }
 
 impl Pool {
@@ -131,6 +170,7 @@ impl Pool {
             .map_err(|e| Error::sys("ftruncate", name, e))?;
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
         let pool = Self {
+            caches: caches_for(&layout),
             map,
             layout,
             name: name.to_owned(),
@@ -264,6 +304,7 @@ impl Pool {
         }
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
         Ok(Self {
+            caches: caches_for(&layout),
             map,
             layout,
             name: name.to_owned(),
@@ -348,7 +389,7 @@ impl Pool {
         };
         let first = self.layout.class_for(len, headroom).ok_or(too_large)?;
         for c in first..self.layout.classes.len() {
-            if let Some(index) = self.pop_any(c) {
+            if let Some(index) = self.take_block(c) {
                 let (head, tail) = (headroom as u32, (headroom + len) as u32);
                 return Ok(Packet::new(self, index, head, tail));
             }
@@ -370,7 +411,7 @@ impl Pool {
     /// Allocates a frame-class block (for the AF_XDP fill ring), never another class.
     pub fn try_alloc_frame(&self) -> Result<Packet<'_>> {
         let head = self.layout.config.headroom;
-        self.pop_any(self.layout.frame_class)
+        self.take_block(self.layout.frame_class)
             .map(|index| Packet::new(self, index, head, head))
             .ok_or(Error::WouldBlock {
                 what: "frame blocks",
@@ -410,13 +451,95 @@ impl Pool {
         }
     }
 
-    fn pop_any(&self, c: usize) -> Option<u32> {
-        let shards = self.layout.config.shards;
-        let home = self.pid % shards;
-        (0..shards).find_map(|k| self.pop(c, (home + k) % shards))
+    /// A block of class `c`, now `Owned` by this process: from the local cache, else from the
+    /// shared free lists (refilling the cache on the way).
+    fn take_block(&self, c: usize) -> Option<u32> {
+        let cache = &self.caches[c];
+        if cache.capacity == 0 {
+            return self.pop_any(c, Place::Owned { pid: self.pid });
+        }
+        let cached = DescWord::new(Place::Cached { pid: self.pid }).encode();
+        let owned = DescWord::new(Place::Owned { pid: self.pid }).encode();
+        let hot = cache.hot.swap(NO_BLOCK, Ordering::Acquire);
+        if hot != NO_BLOCK {
+            // No other process writes a `Cached { pid: us }` descriptor while we live (only
+            // reclaim, after our death), so a checked plain store is enough here.
+            let word = &self.desc(hot).word;
+            if word.load(Ordering::Acquire) == cached {
+                word.store(owned, Ordering::Release);
+                return Some(hot);
+            }
+        }
+        let mut blocks = cache.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.is_empty() {
+            // Refill half the cache.
+            for _ in 0..cache.capacity / 2 {
+                match self.pop_any(c, Place::Cached { pid: self.pid }) {
+                    Some(index) => blocks.push(index),
+                    None => break,
+                }
+            }
+        }
+        while let Some(index) = blocks.pop() {
+            // Only this process moves its cached blocks, so this fails only if reclaim (run
+            // on a wrong pid) or a scribbler took it: skip it then.
+            if self.cas(index, cached, owned) {
+                return Some(index);
+            }
+        }
+        None
     }
 
-    fn pop(&self, c: usize, s: u32) -> Option<u32> {
+    /// Puts an owned block whose last reference just ended (`raw` is its descriptor) into the
+    /// local cache. False if it belongs on the shared free lists instead.
+    fn cache_block(&self, index: u32, raw: u64) -> bool {
+        let Some((c, _)) = self.layout.class_of(index) else {
+            return false;
+        };
+        let cache = &self.caches[c];
+        // Another process waiting for blocks gets this one at once.
+        if cache.capacity == 0 || self.header().free_waiters.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let cached = DescWord::new(Place::Cached { pid: self.pid }).encode();
+        if !self.cas(index, raw, cached) {
+            return false;
+        }
+        let older = cache.hot.swap(index, Ordering::AcqRel);
+        if older == NO_BLOCK {
+            return true;
+        }
+        let mut blocks = cache.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.push(older);
+        if blocks.len() > cache.capacity {
+            let keep = cache.capacity / 2;
+            for index in blocks.drain(keep..) {
+                let _ = self.push_free(index, cached);
+            }
+        }
+        true
+    }
+
+    /// Returns every block in this handle's caches to the shared free lists (dropping the pool
+    /// does this too).
+    pub fn flush_caches(&self) {
+        let cached = DescWord::new(Place::Cached { pid: self.pid }).encode();
+        for cache in &self.caches {
+            let mut blocks = cache.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            let hot = cache.hot.swap(NO_BLOCK, Ordering::AcqRel);
+            for index in blocks.drain(..).chain((hot != NO_BLOCK).then_some(hot)) {
+                let _ = self.push_free(index, cached);
+            }
+        }
+    }
+
+    fn pop_any(&self, c: usize, to: Place) -> Option<u32> {
+        let shards = self.layout.config.shards;
+        let home = self.pid % shards;
+        (0..shards).find_map(|k| self.pop(c, (home + k) % shards, to))
+    }
+
+    fn pop(&self, c: usize, s: u32, to: Place) -> Option<u32> {
         let class = &self.layout.classes[c];
         let shard = self.shard(c, s);
         if shard.count.load(Ordering::Relaxed) == 0 {
@@ -424,7 +547,7 @@ impl Pool {
         }
         let _guard = self.lock_shard(c, s);
         let free = DescWord::new(Place::Free { shard: s }).encode();
-        let owned = DescWord::new(Place::Owned { pid: self.pid }).encode();
+        let owned = DescWord::new(to).encode();
         loop {
             let n = shard.count.load(Ordering::Relaxed);
             if n == 0 {
@@ -493,7 +616,7 @@ impl Pool {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
             let w = DescWord::decode(raw)
                 .filter(|w| w.place == from)
-                .ok_or(Error::NotOwner {
+                .ok_or_else(|| Error::NotOwner {
                     index,
                     place: DescWord::decode(raw).map(|w| w.place),
                     pid: self.pid,
@@ -503,7 +626,7 @@ impl Pool {
                 if self.cas(index, raw, held) {
                     return Ok(());
                 }
-            } else if self.push_free(index, raw).is_ok() {
+            } else if self.cache_block(index, raw) || self.push_free(index, raw).is_ok() {
                 return Ok(());
             }
         }
@@ -515,7 +638,7 @@ impl Pool {
         loop {
             let raw = self.desc_checked(index)?.word.load(Ordering::Acquire);
             let w = self.decode(index, raw)?;
-            if matches!(w.place, Place::Free { .. }) {
+            if matches!(w.place, Place::Free { .. } | Place::Cached { .. }) {
                 return Err(Error::Hold {
                     index,
                     reason: "the block is free",
@@ -697,7 +820,7 @@ impl Pool {
                 next.holder = 0;
             }
             let primary_dead = match w.place {
-                Place::Owned { pid: p } => p == pid,
+                Place::Owned { pid: p } | Place::Cached { pid: p } => p == pid,
                 Place::Kernel { pid: p } => lent && p == pid,
                 _ => false,
             };
@@ -861,6 +984,12 @@ pub(crate) struct ShardGuard {
     mutex: Option<*mut libc::pthread_mutex_t>,
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.flush_caches();
+    }
+}
+
 impl Drop for ShardGuard {
     fn drop(&mut self) {
         if let Some(m) = self.mutex {
@@ -878,6 +1007,8 @@ pub struct Report {
     pub queued: u32,
     pub lent: u32,
     pub held: u32,
+    /// In a live process's local allocation cache.
+    pub cached: u32,
     /// Every violated invariant, in words.
     pub problems: Vec<String>,
 }
@@ -888,7 +1019,7 @@ impl Report {
     }
 
     pub fn total(&self) -> u32 {
-        self.free + self.owned + self.queued + self.lent + self.held
+        self.free + self.owned + self.queued + self.lent + self.held + self.cached
     }
 }
 

@@ -102,6 +102,17 @@ pub(crate) fn run(pool: &Pool) -> Report {
                     ));
                 }
             }
+            Place::Cached { pid } => {
+                r.cached += 1;
+                if !is_alive(pid) {
+                    r.problems
+                        .push(format!("block {index} cached by dead process {pid}"));
+                }
+                if w.holds != 0 {
+                    r.problems
+                        .push(format!("block {index} is cached with {} holds", w.holds));
+                }
+            }
             Place::Held => {
                 r.held += 1;
                 if w.holds == 0 {

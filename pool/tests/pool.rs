@@ -234,3 +234,38 @@ fn config_defaults_create() {
     assert_eq!(pool.umem().frames, 16384);
     assert_verified(&pool);
 }
+
+#[test]
+fn local_cache_serves_repeat_allocations_and_gives_everything_back() {
+    let mut cfg = PoolConfig::small();
+    cfg.classes[2].blocks = 1024; // the frame class: a 16-block local cache
+    let (name, pool) = create("cache", &cfg);
+    let p = pool.try_alloc(3000).expect("alloc");
+    let first = p.index();
+    drop(p);
+    let report = pool.verify();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.cached >= 1, "{report:?}");
+    // The block just freed is reused first, without a trip through the shared lists.
+    assert_eq!(pool.try_alloc(3000).expect("alloc").index(), first);
+    // A cached block is free: no one may hold, release or claim it.
+    assert!(pool.hold(first).is_err());
+    assert!(pool.release(first).is_err());
+    assert!(pool.packet(first).is_err());
+    // Everything remains allocatable from this handle, cache included.
+    let all: Vec<_> = std::iter::from_fn(|| pool.try_alloc(3000).ok()).collect();
+    assert_eq!(all.len(), 1024 + 8, "every 4096 and 64 KiB block");
+    drop(all);
+    pool.flush_caches();
+    let report = pool.verify();
+    assert_eq!(
+        (report.cached, report.free),
+        (0, pool.layout().total_blocks)
+    );
+    // Dropping a handle flushes its cache too.
+    let other = Pool::open(&name.0).expect("open");
+    drop(other.try_alloc(3000).expect("alloc"));
+    assert!(pool.verify().cached >= 1);
+    drop(other);
+    assert_eq!(pool.verify().cached, 0);
+}

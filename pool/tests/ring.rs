@@ -222,5 +222,6 @@ fn two_processes_move_100k_packets_in_order() {
     assert!(c.contains("consumed 100000"), "{p}{c}");
     pool.ring_destroy(r).expect("destroy");
     assert_verified(&pool);
+    pool.flush_caches();
     assert_eq!(pool.verify().free, pool.layout().total_blocks);
 }
