@@ -1,9 +1,14 @@
 //! The eth-dix IPC process over AF_XDP, with an AF_PACKET fallback.
 //!
-//! So far this crate holds the I/O-free core of the layer, [`Layer`]: registry, directory
-//! cache and name queries, endpoint ids and the flow table, flow allocation (requester and
-//! responder side), data-frame classification and header writing, and counters. The
-//! AF_XDP and AF_PACKET backends, which own the sockets and the clock, are not written yet.
+//! * [`Layer`]: the I/O-free core of the layer: registry, directory cache and name queries,
+//!   endpoint ids and the flow table, flow allocation (requester and responder side), data-frame
+//!   classification and header writing, and counters.
+//! * [`backend`]: the I/O backends behind one trait, [`Backend`]: AF_XDP (XDP program native or
+//!   generic, the pool as UMEM, no copy in user space) and AF_PACKET (`recvmmsg`/`sendmmsg`
+//!   straight into and out of pool blocks). Mode `auto` tries native, generic, then packet.
+//! * [`EthIpcp`]: the data path tying layer, backend and pool together: received SDUs go onto
+//!   the pool's flow rings by block index, SDUs to send get their header in their headroom.
+//! * `sys`: every system call, and the only `unsafe` code of the crate.
 //!
 //! ```
 //! use o7s_proto::MacAddr;
@@ -23,13 +28,22 @@
 //! assert_eq!(a.query(&hash, now)?, QueryStart::Resolved(b.config().mac));
 //! # Ok::<(), o7s_xdp_ipcp::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod directory;
 pub mod flows;
+pub mod ipcp;
 pub mod layer;
+pub mod sys;
 pub mod time;
+
+pub use backend::{
+    AnyBackend, Backend, BackendConfig, BackendInfo, BackendKind, BackendStats, ModeChoice,
+    RingSizes, ZeroCopy,
+};
+pub use ipcp::{Activity, EthIpcp, IpcpConfig, IpcpStats, SendError};
 
 pub use directory::{QUERY_TIMEOUT, QueryId};
 pub use flows::{EID_END, EID_MIN, Flow, FlowState, FlowStats};

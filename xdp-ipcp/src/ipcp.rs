@@ -1,0 +1,460 @@
+//! The Ethernet IPCP's data path: a [`Layer`] driven over a [`Backend`], with the pool's flow
+//! rings as the upper side.
+//!
+//! [`EthIpcp::poll`] is one step of the event loop: receive a batch of frames (data → set the
+//! block's window to the SDU and queue its index on the flow ring bound to the eid, no copy;
+//! management → [`Layer::handle_mgmt`]), expire timers, send the layer's queued management frames
+//! (copied into pool blocks) and flush the backend. [`EthIpcp::send`] is the TX path: the DIX
+//! header goes into the packet's headroom and the block goes to the backend as is.
+//!
+//! Per packet, neither direction allocates: RX batches block indices per eid in a fixed array and
+//! hands them to `RingWriter::try_write_batch`; a full ring or an unbound eid drops and counts.
+
+use core::time::Duration;
+
+use o7s_pool::{Packet, Pool, RingWriter};
+use o7s_proto::MacAddr;
+use o7s_proto::dix::{self, MGMT_EID};
+
+use crate::backend::{self, AnyBackend, Backend, BackendConfig, BackendInfo, BackendStats};
+use crate::flows::EID_END;
+use crate::layer::{self, Config, Layer, RxAction, Transmit};
+use crate::sys::{self, SysError};
+use crate::time::Instant;
+
+/// Frames received per [`EthIpcp::poll`] by default.
+pub const DEFAULT_RX_BATCH: usize = 256;
+
+/// Block indices queued to one flow ring at a time.
+const RING_BATCH: usize = 64;
+
+/// How an [`EthIpcp`] is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcpConfig {
+    /// The backend (interface, mode, rings…). Its `max_frame` is set from the interface MTU.
+    pub backend: BackendConfig,
+    /// Name hash length of the layer (default 32).
+    pub hash_len: usize,
+    /// Frames received per poll.
+    pub rx_batch: usize,
+}
+
+impl IpcpConfig {
+    /// Defaults on `iface`: auto mode, EtherType 0xA000, 32-byte hashes.
+    #[must_use]
+    pub fn new(iface: &str) -> IpcpConfig {
+        IpcpConfig {
+            backend: BackendConfig::new(iface),
+            hash_len: 32,
+            rx_batch: DEFAULT_RX_BATCH,
+        }
+    }
+}
+
+/// What failed while setting up or running the IPCP.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the interface's MAC or MTU failed.
+    #[error("interface {iface:?}: {source}")]
+    Interface {
+        /// The interface.
+        iface: String,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+    /// The layer refused the configuration.
+    #[error(transparent)]
+    Layer(#[from] layer::Error),
+    /// The pool refused (e.g. a ring this process does not produce).
+    #[error("pool: {0}")]
+    Pool(#[from] o7s_pool::Error),
+    /// `poll` on the backend's fd failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// An eid outside 64..4095.
+    #[error("eid {0} is not a flow eid")]
+    BadEid(u16),
+}
+
+/// Why [`EthIpcp::send`] gave a packet back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The layer refused: SDU too long, unknown eid, flow not allocated.
+    #[error(transparent)]
+    Layer(#[from] layer::Error),
+    /// The packet has less than 18 bytes of headroom for the DIX header.
+    #[error("no headroom for the 18-byte DIX header")]
+    NoHeadroom,
+    /// The backend's TX queue is full ([`backend::Error::WouldBlock`]: poll and retry) or it
+    /// failed.
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+}
+
+impl SendError {
+    /// True when retrying after a [`EthIpcp::poll`] may succeed.
+    #[must_use]
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, SendError::Backend(backend::Error::WouldBlock))
+    }
+}
+
+/// Counters of the data path above the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpcpStats {
+    /// SDUs queued on flow rings.
+    pub delivered: u64,
+    /// SDUs dropped because their flow ring was full.
+    pub ring_full: u64,
+    /// SDUs dropped because no ring is bound to their eid (or the ring refused: flow down).
+    pub no_ring: u64,
+    /// Received frames dropped by the layer (see [`Layer::stats`] for the reasons).
+    pub layer_drops: u64,
+    /// Management frames handed to the layer.
+    pub mgmt_rx: u64,
+    /// Management frames sent.
+    pub mgmt_tx: u64,
+    /// Management frames delayed because the pool had no block or the backend was full.
+    pub mgmt_tx_delayed: u64,
+    /// SDUs given to the backend by [`EthIpcp::send`].
+    pub sent: u64,
+}
+
+/// What one [`EthIpcp::poll`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Frames received.
+    pub rx: usize,
+    /// Management frames sent.
+    pub mgmt_tx: usize,
+    /// Frames still queued in the backend after the flush.
+    pub tx_queued: usize,
+}
+
+impl Activity {
+    /// Nothing happened.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.rx == 0 && self.mgmt_tx == 0 && self.tx_queued == 0
+    }
+}
+
+/// A run of received SDUs for one eid, queued to its ring in one go.
+struct RxRun {
+    eid: u16,
+    indices: [u32; RING_BATCH],
+    len: usize,
+}
+
+impl RxRun {
+    fn flush(&mut self, pool: &Pool, flows: &[Option<RingWriter<'_>>], stats: &mut IpcpStats) {
+        if self.len == 0 {
+            return;
+        }
+        let run = &self.indices[..self.len];
+        let written = match flows.get(usize::from(self.eid)).and_then(Option::as_ref) {
+            Some(writer) => match writer.try_write_batch(run) {
+                Ok(n) => {
+                    stats.ring_full += (run.len() - n) as u64;
+                    n
+                }
+                Err(e) if e.is_would_block() => {
+                    stats.ring_full += run.len() as u64;
+                    0
+                }
+                Err(_) => {
+                    stats.no_ring += run.len() as u64;
+                    0
+                }
+            },
+            None => {
+                stats.no_ring += run.len() as u64;
+                0
+            }
+        };
+        stats.delivered += written as u64;
+        for &index in &run[written..] {
+            let _ = pool.release(index);
+        }
+        self.len = 0;
+    }
+}
+
+/// One eth-dix IPCP on one interface: layer, backend, pool and the flows' rings.
+pub struct EthIpcp<'p> {
+    pool: &'p Pool,
+    layer: Layer,
+    backend: AnyBackend<'p>,
+    /// Indexed by eid.
+    flows: Vec<Option<RingWriter<'p>>>,
+    pending_mgmt: Option<Transmit>,
+    rx_batch: usize,
+    stats: IpcpStats,
+}
+
+impl std::fmt::Debug for EthIpcp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EthIpcp")
+            .field("backend", &self.backend)
+            .field("mac", &self.layer.config().mac)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p> EthIpcp<'p> {
+    /// Reads the interface's MAC and MTU, builds the layer and opens the backend. Must run on
+    /// a thread inside the interface's network namespace.
+    ///
+    /// # Errors
+    /// [`Error::Interface`], [`Error::Layer`] (e.g. an MTU too small), [`Error::Backend`].
+    pub fn open(pool: &'p Pool, config: &IpcpConfig) -> Result<Self, Error> {
+        let iface = &config.backend.iface;
+        let interface = |source| Error::Interface {
+            iface: iface.clone(),
+            source,
+        };
+        let mac = sys::if_hwaddr(iface).map_err(interface)?;
+        let mtu = sys::if_mtu(iface).map_err(interface)? as usize;
+        let layer = Layer::new(Config {
+            mac: MacAddr(mac),
+            ethertype: config.backend.ethertype,
+            mtu: mtu.min(layer::MAX_MTU),
+            hash_len: config.hash_len,
+        })?;
+        let mut backend_config = config.backend.clone();
+        backend_config.max_frame = mtu + 14;
+        let backend = backend::open(pool, &backend_config)?;
+        let mut flows = Vec::with_capacity(usize::from(EID_END));
+        flows.resize_with(usize::from(EID_END), || None);
+        Ok(EthIpcp {
+            pool,
+            layer,
+            backend,
+            flows,
+            pending_mgmt: None,
+            rx_batch: config.rx_batch.max(1),
+            stats: IpcpStats::default(),
+        })
+    }
+
+    /// The layer (registry, directory, flows, counters).
+    #[must_use]
+    pub fn layer(&self) -> &Layer {
+        &self.layer
+    }
+
+    /// The layer, to register names, query, allocate flows and read events.
+    pub fn layer_mut(&mut self) -> &mut Layer {
+        &mut self.layer
+    }
+
+    /// The backend in effect (AF_XDP native/generic with copy or zero-copy, or AF_PACKET).
+    #[must_use]
+    pub fn backend_info(&self) -> BackendInfo {
+        self.backend.info()
+    }
+
+    /// The backend itself (for its counters, or AF_XDP kernel statistics).
+    #[must_use]
+    pub fn backend(&self) -> &AnyBackend<'p> {
+        &self.backend
+    }
+
+    /// The backend's counters.
+    #[must_use]
+    pub fn backend_stats(&self) -> BackendStats {
+        self.backend.stats()
+    }
+
+    /// The data-path counters.
+    #[must_use]
+    pub fn stats(&self) -> IpcpStats {
+        self.stats
+    }
+
+    /// The pool.
+    #[must_use]
+    pub fn pool(&self) -> &'p Pool {
+        self.pool
+    }
+
+    /// Delivers the SDUs of flow `eid` to `ring` from now on (this process must be the ring's
+    /// producer).
+    ///
+    /// # Errors
+    /// [`Error::BadEid`], [`Error::Pool`] if the ring is not live or not ours to write.
+    pub fn bind_flow(&mut self, eid: u16, ring: u32) -> Result<(), Error> {
+        if eid == MGMT_EID || eid >= EID_END {
+            return Err(Error::BadEid(eid));
+        }
+        let writer = self.pool.ring_writer(ring)?;
+        self.flows[usize::from(eid)] = Some(writer);
+        Ok(())
+    }
+
+    /// Stops delivering `eid`'s SDUs (they are dropped and counted from now on); returns the
+    /// ring it was bound to.
+    pub fn unbind_flow(&mut self, eid: u16) -> Option<u32> {
+        self.flows
+            .get_mut(usize::from(eid))
+            .and_then(Option::take)
+            .map(|w| w.ring())
+    }
+
+    /// Sends `packet`'s window as an SDU on flow `eid`: the DIX header goes into its headroom
+    /// and the block to the backend (queued until the next [`poll`](Self::poll) or
+    /// [`flush`](Self::flush)). On error the packet comes back unchanged.
+    ///
+    /// # Errors
+    /// [`SendError::Layer`] (too long, unknown or unallocated eid), [`SendError::NoHeadroom`],
+    /// [`SendError::Backend`] (`WouldBlock`: poll and retry).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the packet must come back; only the rare error path moves the bytes"
+    )]
+    pub fn send(
+        &mut self,
+        eid: u16,
+        mut packet: Packet<'p>,
+    ) -> Result<(), (Packet<'p>, SendError)> {
+        let len = packet.len();
+        if let Err(e) = self.layer.check_sdu_len(len) {
+            return Err((packet, e.into()));
+        }
+        let written = match packet.push_head(dix::HEADER_LEN) {
+            Ok(head) => match <&mut [u8; dix::HEADER_LEN]>::try_from(head) {
+                Ok(header) => self
+                    .layer
+                    .write_header(eid, len, header)
+                    .map_err(SendError::from),
+                Err(_) => Err(SendError::NoHeadroom),
+            },
+            Err(_) => return Err((packet, SendError::NoHeadroom)),
+        };
+        if let Err(e) = written {
+            let _ = packet.pull_head(dix::HEADER_LEN);
+            return Err((packet, e));
+        }
+        match self.backend.send(packet) {
+            Ok(()) => {
+                self.stats.sent += 1;
+                Ok(())
+            }
+            Err((mut packet, e)) => {
+                let _ = packet.pull_head(dix::HEADER_LEN);
+                Err((packet, e.into()))
+            }
+        }
+    }
+
+    /// Pushes queued frames to the kernel; returns how many are still queued.
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn flush(&mut self) -> Result<usize, Error> {
+        Ok(self.backend.flush()?)
+    }
+
+    /// One step of the event loop at time `now`: receive, handle timers, send management
+    /// frames, flush. Never blocks.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when a socket call fails.
+    pub fn poll(&mut self, now: Instant) -> Result<Activity, Error> {
+        let mut activity = Activity {
+            rx: self.receive(now)?,
+            ..Activity::default()
+        };
+        if self.layer.poll_timeout().is_some_and(|t| t <= now) {
+            self.layer.handle_timeout(now);
+        }
+        activity.mgmt_tx = self.send_mgmt();
+        activity.tx_queued = self.backend.flush()?;
+        Ok(activity)
+    }
+
+    /// Waits until frames arrive or `timeout` passes; returns whether frames are ready.
+    ///
+    /// # Errors
+    /// [`Error::Sys`] if `poll` fails.
+    pub fn wait(&self, timeout: Duration) -> Result<bool, Error> {
+        Ok(sys::poll_readable(self.backend.rx_fd(), timeout)?)
+    }
+
+    fn receive(&mut self, now: Instant) -> Result<usize, Error> {
+        let EthIpcp {
+            pool,
+            layer,
+            backend,
+            flows,
+            stats,
+            rx_batch,
+            ..
+        } = self;
+        let pool: &Pool = pool;
+        let mut run = RxRun {
+            eid: 0,
+            indices: [0; RING_BATCH],
+            len: 0,
+        };
+        let received = backend.recv(*rx_batch, &mut |mut packet| match layer
+            .classify_rx(packet.data())
+        {
+            RxAction::Data { eid, payload } => {
+                let head = packet.head() as usize;
+                if packet
+                    .set_bounds(head + payload.start, head + payload.end)
+                    .is_err()
+                {
+                    stats.layer_drops += 1;
+                    return;
+                }
+                if run.len == RING_BATCH || (run.len > 0 && run.eid != eid) {
+                    run.flush(pool, flows, stats);
+                }
+                run.eid = eid;
+                run.indices[run.len] = packet.into_index();
+                run.len += 1;
+            }
+            RxAction::Mgmt { .. } => {
+                stats.mgmt_rx += 1;
+                let _ = layer.handle_mgmt(packet.data(), now);
+            }
+            RxAction::Drop(_) => stats.layer_drops += 1,
+        });
+        run.flush(pool, flows, stats);
+        Ok(received?)
+    }
+
+    /// Copies the layer's management frames into pool blocks and hands them to the backend.
+    fn send_mgmt(&mut self) -> usize {
+        let mut sent = 0;
+        while let Some(t) = self
+            .pending_mgmt
+            .take()
+            .or_else(|| self.layer.poll_transmit())
+        {
+            let Ok(mut packet) = self.pool.try_alloc(t.frame.len()) else {
+                self.stats.mgmt_tx_delayed += 1;
+                self.pending_mgmt = Some(t);
+                break;
+            };
+            packet.data_mut().copy_from_slice(&t.frame);
+            if self.backend.send(packet).is_err() {
+                self.stats.mgmt_tx_delayed += 1;
+                self.pending_mgmt = Some(t);
+                break;
+            }
+            self.stats.mgmt_tx += 1;
+            sent += 1;
+        }
+        sent
+    }
+}
