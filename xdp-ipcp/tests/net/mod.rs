@@ -283,18 +283,18 @@ pub fn check_sdu(expected: u64, data: &[u8]) -> Result<(), String> {
 
 /// What the two sides share.
 pub struct Shared {
-    barrier: Barrier,
+    pub barrier: Barrier,
     /// SDUs received (and checked) by each side.
-    received: [AtomicU64; 2],
+    pub received: [AtomicU64; 2],
     /// SDUs each side sent; final once `send_done` is set.
-    sent: [AtomicU64; 2],
-    send_done: [AtomicBool; 2],
+    pub sent: [AtomicU64; 2],
+    pub send_done: [AtomicBool; 2],
     /// Set when both sides are moving data.
     pub data_started: AtomicBool,
     /// While set, senders keep sending after their N SDUs (e.g. until a ping is over).
     pub keep_going: AtomicBool,
     /// Set by a side that fails, so the other gives up at once.
-    abort: AtomicBool,
+    pub abort: AtomicBool,
 }
 
 impl Shared {
@@ -312,7 +312,7 @@ impl Shared {
 }
 
 /// Sets `abort` if the side panics.
-struct AbortOnPanic(Arc<Shared>);
+pub struct AbortOnPanic(pub Arc<Shared>);
 
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
@@ -333,13 +333,69 @@ pub struct SideReport {
 
 /// SDUs sent per burst; the next burst waits until the peer has received this one.
 pub const BURST: u64 = 256;
-const NAME: [u8; 32] = [0x42; 32];
+/// The name side 1 registers.
+pub const NAME: [u8; 32] = [0x42; 32];
 
-fn check_abort(shared: &Shared, what: &str) {
+pub fn check_abort(shared: &Shared, what: &str) {
     assert!(
         !shared.abort.load(Ordering::SeqCst),
         "the other side failed ({what})"
     );
+}
+
+/// Milliseconds since `start`, as the layer's clock.
+pub fn clock(start: StdInstant) -> impl Fn() -> Instant {
+    move || Instant::from_millis(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The control phase: side 0 queries [`NAME`] and allocates a flow to it, side 1 (which must
+/// have registered it) accepts. Both bind the flow to `ring`. Returns the flow's eid.
+pub fn allocate_flow(
+    side: usize,
+    ipcp: &mut EthIpcp<'_>,
+    ring: u32,
+    shared: &Shared,
+    now: &dyn Fn() -> Instant,
+    give_up: StdInstant,
+) -> u16 {
+    if side == 0 {
+        let q = ipcp.layer_mut().query(&NAME, now()).expect("query");
+        assert!(matches!(q, QueryStart::Pending(_)), "{q:?}");
+    }
+    let mut eid = None;
+    while eid.is_none() {
+        check_abort(shared, "allocation");
+        assert!(
+            StdInstant::now() < give_up,
+            "side {side}: no flow allocated in time"
+        );
+        ipcp.poll(now()).expect("poll");
+        while let Some(event) = ipcp.layer_mut().poll_event() {
+            match event {
+                Event::QueryResolved { .. } => {
+                    let e = ipcp
+                        .layer_mut()
+                        .flow_alloc(&NAME, QosSpec::default(), b"")
+                        .expect("flow_alloc");
+                    ipcp.bind_flow(e, ring).expect("bind_flow");
+                }
+                Event::QueryTimedOut { .. } => {
+                    ipcp.layer_mut().query(&NAME, now()).expect("query again");
+                }
+                Event::FlowReqArrived { eid: e, .. } => {
+                    ipcp.bind_flow(e, ring).expect("bind_flow");
+                    ipcp.layer_mut().flow_accept(e, b"").expect("flow_accept");
+                    eid = Some(e);
+                }
+                Event::FlowAllocated { eid: e, .. } => eid = Some(e),
+                Event::FlowAllocFailed { response, .. } => panic!("flow refused: {response}"),
+            }
+        }
+        ipcp.wait(Duration::from_millis(2)).expect("wait");
+    }
+    // The acceptor's FLOW_REPLY goes out on the next poll.
+    ipcp.poll(now()).expect("poll");
+    eid.unwrap()
 }
 
 /// One side of the scenario; `side` 0 queries and allocates, 1 registers and accepts.
@@ -372,47 +428,11 @@ pub fn side(
             .expect("ring_create");
         let reader = pool.ring_reader(ring).expect("ring_reader");
         let start = StdInstant::now();
-        let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
+        let now = clock(start);
         let give_up = start + deadline;
         shared.barrier.wait();
 
-        // ---- control: name query, flow allocation ----
-        if side == 0 {
-            let q = ipcp.layer_mut().query(&NAME, now()).expect("query");
-            assert!(matches!(q, QueryStart::Pending(_)), "{q:?}");
-        }
-        let mut eid = None;
-        while eid.is_none() {
-            check_abort(shared, "allocation");
-            assert!(
-                StdInstant::now() < give_up,
-                "side {side}: no flow allocated in time"
-            );
-            ipcp.poll(now()).expect("poll");
-            while let Some(event) = ipcp.layer_mut().poll_event() {
-                match event {
-                    Event::QueryResolved { .. } => {
-                        let e = ipcp
-                            .layer_mut()
-                            .flow_alloc(&NAME, QosSpec::default(), b"")
-                            .expect("flow_alloc");
-                        ipcp.bind_flow(e, ring).expect("bind_flow");
-                    }
-                    Event::QueryTimedOut { .. } => {
-                        ipcp.layer_mut().query(&NAME, now()).expect("query again");
-                    }
-                    Event::FlowReqArrived { eid: e, .. } => {
-                        ipcp.bind_flow(e, ring).expect("bind_flow");
-                        ipcp.layer_mut().flow_accept(e, b"").expect("flow_accept");
-                        eid = Some(e);
-                    }
-                    Event::FlowAllocated { eid: e, .. } => eid = Some(e),
-                    Event::FlowAllocFailed { response, .. } => panic!("flow refused: {response}"),
-                }
-            }
-            ipcp.wait(Duration::from_millis(2)).expect("wait");
-        }
-        let eid = eid.unwrap();
+        let eid = allocate_flow(side, &mut ipcp, ring, shared, &now, give_up);
         // The acceptor's FLOW_REPLY goes out on the next poll.
         ipcp.poll(now()).expect("poll");
         shared.barrier.wait();
