@@ -173,3 +173,135 @@ fn required_zero_copy_fails_cleanly_on_veth_and_auto_falls_back_to_packet() {
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
+
+#[test]
+fn exhausted_pool_drops_and_counts_in_packet_mode() {
+    let test = "exhausted_pool_drops_and_counts_in_packet_mode";
+    if !can_run(test, false) {
+        return;
+    }
+    let pair = NetnsPair::new(1500);
+    let shared = Shared::new();
+    shared.keep_going.store(true, Ordering::SeqCst);
+    const EACH: u64 = 100;
+
+    // Side 1 receives over AF_PACKET; between the two batches it holds every block of its pool.
+    let receiver = {
+        let (iface, shared) = (pair.veth[1].clone(), shared.clone());
+        spawn_in_netns(&pair.ns[1], move || {
+            let _guard = AbortOnPanic(shared.clone());
+            let tp = TestPool::new("rx");
+            let pool = &tp.pool;
+            {
+                let mut config = IpcpConfig::new(&iface);
+                config.backend.mode = ModeChoice::Packet;
+                let mut ipcp = EthIpcp::open(pool, &config).expect("open receiver");
+                ipcp.layer_mut().register(&net::NAME).expect("register");
+                let ring = pool.ring_create(pool.pid(), pool.pid()).expect("ring");
+                let reader = pool.ring_reader(ring).expect("reader");
+                let start = StdInstant::now();
+                shared.barrier.wait();
+                let eid =
+                    allocate_flow(1, &mut ipcp, ring, &shared, &clock(start), start + DEADLINE);
+                // Take every free block (the backend keeps a few spares of its own).
+                let mut hoard = Vec::new();
+                while let Ok(p) = pool.try_alloc(1) {
+                    hoard.push(p);
+                }
+                shared.barrier.wait();
+                let (mut received, mut first_batch) = (0, 0);
+                for batch in 0..2u64 {
+                    // Let the sender send the batch, then wait for it to be all in.
+                    shared.barrier.wait();
+                    shared.barrier.wait();
+                    let goal = (batch + 1) * EACH;
+                    loop {
+                        check_abort(&shared, "receiving");
+                        assert!(start.elapsed() < DEADLINE, "{:?}", ipcp.backend_stats());
+                        ipcp.poll(clock(start)()).expect("poll");
+                        while let Ok(p) = reader.try_read() {
+                            // Batch 0 loses frames while the pool is empty; batch 1 loses none.
+                            let seq = u64::from_le_bytes(p.data()[..8].try_into().unwrap());
+                            let expected = if batch == 0 {
+                                seq.max(received)
+                            } else {
+                                received
+                            };
+                            check_sdu(expected, p.data()).unwrap_or_else(|e| {
+                                panic!("batch {batch}: {e}; {:?}", ipcp.backend_stats())
+                            });
+                            received = seq + 1;
+                            if batch == 0 {
+                                first_batch += 1;
+                            }
+                        }
+                        let b = ipcp.backend_stats();
+                        if b.rx_frames + b.rx_no_buffer >= goal + 2 {
+                            break;
+                        }
+                        ipcp.wait(Duration::from_millis(1)).expect("wait");
+                    }
+                    if batch == 0 {
+                        drop(std::mem::take(&mut hoard));
+                        received = EACH;
+                    }
+                }
+                let b = ipcp.backend_stats();
+                eprintln!("{test}: {b:?}, {:?}", ipcp.stats());
+                // The first batch found no block beyond the backend's few spares; every frame
+                // was counted either way and RX kept going.
+                assert!(b.rx_no_buffer > 0, "{b:?}");
+                assert_eq!(b.rx_frames + b.rx_no_buffer, 2 * EACH + 2, "{b:?}");
+                assert!(
+                    first_batch < EACH,
+                    "{first_batch} delivered from an empty pool"
+                );
+                assert_eq!(received, 2 * EACH, "the second batch is delivered whole");
+                ipcp.unbind_flow(eid);
+                drop(ipcp);
+                pool.ring_destroy(ring).expect("ring_destroy");
+            }
+            tp.assert_all_free();
+        })
+    };
+
+    let sender = {
+        let (iface, shared) = (pair.veth[0].clone(), shared.clone());
+        spawn_in_netns(&pair.ns[0], move || {
+            let _guard = AbortOnPanic(shared.clone());
+            let tp = TestPool::new("tx");
+            let pool = &tp.pool;
+            {
+                let mut config = IpcpConfig::new(&iface);
+                config.backend.mode = ModeChoice::Packet;
+                let mut ipcp = EthIpcp::open(pool, &config).expect("open sender");
+                let ring = pool.ring_create(pool.pid(), pool.pid()).expect("ring");
+                let start = StdInstant::now();
+                shared.barrier.wait();
+                let eid =
+                    allocate_flow(0, &mut ipcp, ring, &shared, &clock(start), start + DEADLINE);
+                shared.barrier.wait();
+                for batch in 0..2u64 {
+                    shared.barrier.wait();
+                    for seq in batch * EACH..(batch + 1) * EACH {
+                        let mut packet = pool.try_alloc(sdu_len(seq)).expect("alloc");
+                        fill_sdu(seq, packet.data_mut());
+                        ipcp.send(eid, packet).map_err(|(_, e)| e).expect("send");
+                        ipcp.flush().expect("flush");
+                    }
+                    shared.barrier.wait();
+                }
+                ipcp.unbind_flow(eid);
+                drop(ipcp);
+                pool.ring_destroy(ring).expect("ring_destroy");
+            }
+            tp.assert_all_free();
+        })
+    };
+    let results = [sender.join(), receiver.join()];
+    for r in results {
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    }
+}

@@ -268,7 +268,8 @@ pub trait Backend<'p> {
     fn send(&mut self, frame: Packet<'p>) -> Result<(), (Packet<'p>, Error)>;
 
     /// Pushes queued frames to the kernel and takes back the blocks it has finished with.
-    /// Returns how many frames are still queued here.
+    /// Returns how many frames are still waiting to be taken by the kernel (0: flush again
+    /// only when new frames are queued).
     ///
     /// # Errors
     /// A failing system call.

@@ -525,19 +525,23 @@ impl<'p> Backend<'p> for XdpBackend<'p> {
         Ok(())
     }
 
+    /// Also counts the descriptors still on the TX ring (not yet taken by the kernel).
     fn flush(&mut self) -> Result<usize, Error> {
+        let mut on_ring = 0;
         for _ in 0..MAX_KICKS {
             self.reap_completions();
-            if self.push_tx() == 0 {
+            on_ring = self.push_tx();
+            if on_ring == 0 {
                 break;
             }
             if self.tx_kick()? == Kick::Done && self.tx_pending.is_empty() {
                 // The kernel went through everything it could take; completions come later.
                 self.reap_completions();
+                on_ring = self.push_tx();
                 break;
             }
         }
-        Ok(self.tx_pending.len())
+        Ok(self.tx_pending.len() + on_ring as usize)
     }
 
     fn rx_fd(&self) -> RawFd {
