@@ -7,6 +7,7 @@
 
 use crate::dix::{self, Frame};
 use crate::eth_mgmt::{self, MgmtMsg, Packet};
+use crate::irm;
 
 /// Garbage a buffer is filled with before emitting into it, to catch unwritten bytes.
 const FILL: u8 = 0xa5;
@@ -95,5 +96,98 @@ pub fn eth_mgmt_payload(payload: &[u8], hash_len: usize) {
     match MgmtMsg::parse_bytes(&out[..payload.len()], hash_len) {
         Ok(again) => assert_eq!(again, msg, "re-parsed message differs"),
         Err(e) => panic!("re-emitted message does not parse: {e}"),
+    }
+}
+
+/// Outcome of decoding a whole byte stream with an [`irm::FrameDecoder`].
+#[derive(Debug, PartialEq)]
+struct IrmStream {
+    /// One entry per frame: its envelope, or why it did not decode. Ends at the first framing
+    /// error.
+    frames: Vec<Result<irm::Envelope, irm::FrameError>>,
+    /// What `finish` said at the end of the stream.
+    end: Result<(), irm::FrameError>,
+}
+
+/// Feeds `stream` to a fresh decoder `chunk` bytes at a time, checking its bounds as it goes.
+fn irm_decode_stream(stream: &[u8], chunk: usize) -> IrmStream {
+    let mut decoder = irm::FrameDecoder::new();
+    let mut frames = Vec::new();
+    'feed: for piece in stream.chunks(chunk.max(1)) {
+        let mut input = piece;
+        loop {
+            let before = input.len();
+            let out = decoder.decode(&mut input);
+            assert!(
+                decoder.buffered() <= irm::LEN_PREFIX + irm::MAX_FRAME,
+                "decoder buffered {} bytes",
+                decoder.buffered()
+            );
+            match out {
+                Ok(None) => {
+                    assert!(input.is_empty(), "Ok(None) with input left");
+                    break;
+                }
+                Ok(Some(envelope)) => frames.push(Ok(envelope)),
+                Err(e @ irm::FrameError::TooLong { .. }) => {
+                    assert!(decoder.has_failed());
+                    frames.push(Err(e));
+                    break 'feed;
+                }
+                Err(e) => frames.push(Err(e)),
+            }
+            assert!(
+                input.len() < before,
+                "a frame was yielded without consuming input"
+            );
+            if input.is_empty() {
+                break;
+            }
+        }
+    }
+    IrmStream {
+        frames,
+        end: decoder.finish(),
+    }
+}
+
+/// Oracle for [`irm`] framing and envelopes. The first byte of `data` picks a chunk size; the
+/// rest is a byte stream from a client. Decoding it in chunks yields exactly what decoding it
+/// whole does; the decoder never buffers more than one bounded frame; every decoded envelope
+/// re-encodes (unless its canonical encoding exceeds [`irm::MAX_FRAME`], which the codec must
+/// then refuse) and decodes back to itself.
+///
+/// # Panics
+/// On any violation of the invariant.
+pub fn irm(data: &[u8]) {
+    use prost::Message as _;
+
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = irm_decode_stream(stream, stream.len());
+    let chunked = irm_decode_stream(stream, usize::from(first) + 1);
+    assert_eq!(whole, chunked, "chunking changed the decoded stream");
+
+    for envelope in whole.frames.iter().flatten() {
+        let len = envelope.encoded_len();
+        match irm::Codec::encode_to_vec(envelope) {
+            Ok(bytes) => {
+                assert!(len <= irm::MAX_FRAME, "codec wrote a {len}-byte envelope");
+                assert_eq!(bytes.len(), irm::LEN_PREFIX + len);
+                let again = irm_decode_stream(&bytes, bytes.len());
+                assert_eq!(again.end, Ok(()));
+                assert_eq!(
+                    again.frames,
+                    vec![Ok(envelope.clone())],
+                    "re-encoded envelope decodes differently"
+                );
+            }
+            Err(irm::FrameError::TooLong { len: l, .. }) => {
+                assert_eq!(l, len);
+                assert!(len > irm::MAX_FRAME, "codec refused a {len}-byte envelope");
+            }
+            Err(e) => panic!("codec failed on a decoded envelope: {e}"),
+        }
     }
 }

@@ -65,6 +65,7 @@ mod error;
 pub mod eth_mgmt;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod irm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -1,0 +1,522 @@
+//! The IRMd's registry: names, programs, processes and IPCPs, and the bindings between them.
+//!
+//! Pure state, no I/O: every method checks its input, changes the registry or leaves it as it
+//! was, and says why it refused with a [`Refusal`] that becomes an IRM error response.
+//!
+//! **Invariant**: bindings live on the name side only ([`Name::programs`], [`Name::processes`]);
+//! a program or process entry never lists its names, so the two sides cannot disagree. Every
+//! pid in a name's `processes` is an announced process, and every path in its `programs` a
+//! known program.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use o7s_proto::irm::{
+    ErrorCode, IpcpList, LbPolicy, MAX_NAME_LEN, NameInfo, NameList, ProcessInfo, ProcessList,
+    ProgramInfo, ProgramList, RegisterTarget,
+};
+
+/// Longest program path or argument accepted.
+const MAX_PATH_LEN: usize = 4096;
+/// Most arguments of a bound program.
+const MAX_ARGS: usize = 256;
+
+/// Why a request was refused: becomes `Error { code, message }`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The IRM error code.
+    pub code: ErrorCode,
+    /// For humans.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+}
+
+/// Checks a name (of a name, an IPCP or a layer): 1 to [`MAX_NAME_LEN`] bytes, no control
+/// characters.
+pub fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
+    if name.is_empty() {
+        return Err(Refusal::invalid(format!("empty {what}")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Refusal::invalid(format!(
+            "{what} of {} bytes is longer than {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Refusal::invalid(format!(
+            "{what} {name:?} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a program path: absolute, bounded, no NUL.
+fn check_program(program: &str) -> Result<(), Refusal> {
+    if !Path::new(program).is_absolute() {
+        return Err(Refusal::invalid(format!(
+            "program {program:?} is not an absolute path"
+        )));
+    }
+    if program.len() > MAX_PATH_LEN || program.contains('\0') {
+        return Err(Refusal::invalid(format!(
+            "program path {program:?} is too long or contains NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a load-balancing policy code.
+pub fn lb_policy(code: i32) -> Result<LbPolicy, Refusal> {
+    LbPolicy::try_from(code)
+        .map_err(|_| Refusal::invalid(format!("unknown load-balancing policy {code}")))
+}
+
+/// A name and what is bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name {
+    /// Its policy.
+    pub lb: LbPolicy,
+    /// Bound programs (paths).
+    pub programs: BTreeSet<String>,
+    /// Bound processes.
+    pub processes: BTreeSet<u32>,
+    /// IPCPs it is registered in.
+    pub ipcps: BTreeSet<String>,
+}
+
+impl Name {
+    fn new(lb: LbPolicy) -> Self {
+        Self {
+            lb,
+            programs: BTreeSet::new(),
+            processes: BTreeSet::new(),
+            ipcps: BTreeSet::new(),
+        }
+    }
+}
+
+/// A program bound to at least one name (or that was, until unbound by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// Arguments for an automatic start.
+    pub args: Vec<String>,
+    /// Started on demand.
+    pub auto: bool,
+}
+
+/// An announced process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// The program it announced.
+    pub program: String,
+    /// Its uid, when known.
+    pub uid: Option<u32>,
+    /// Incarnation number: a pid can be reused once its process is reaped, so a death notice
+    /// removes the entry only if it is still the incarnation it watched.
+    pub generation: u64,
+}
+
+/// An IPCP known to the IRMd. IPCP spawning is not implemented yet, so the table stays empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipcp {
+    /// Its pid.
+    pub pid: u32,
+    /// Its layer, once bootstrapped or enrolled.
+    pub layer: Option<String>,
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    names: BTreeMap<String, Name>,
+    programs: BTreeMap<String, Program>,
+    processes: BTreeMap<u32, Process>,
+    ipcps: BTreeMap<String, Ipcp>,
+    next_generation: u64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates a name; an existing name is left as it is (not an error, as in the reference).
+    pub fn create_name(&mut self, name: &str, lb: i32) -> Result<(), Refusal> {
+        check_name("name", name)?;
+        let lb = lb_policy(lb)?;
+        self.names
+            .entry(name.to_owned())
+            .or_insert_with(|| Name::new(lb));
+        Ok(())
+    }
+
+    /// Destroys a name and its bindings.
+    pub fn destroy_name(&mut self, name: &str) -> Result<(), Refusal> {
+        self.names
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| Refusal::not_found(format!("no name {name:?}")))
+    }
+
+    /// The name, if it exists.
+    pub fn name(&self, name: &str) -> Option<&Name> {
+        self.names.get(name)
+    }
+
+    /// Every name, sorted.
+    pub fn list_names(&self) -> NameList {
+        NameList {
+            names: self
+                .names
+                .iter()
+                .map(|(name, n)| NameInfo {
+                    name: name.clone(),
+                    lb: n.lb.into(),
+                    programs: n.programs.iter().cloned().collect(),
+                    processes: n.processes.iter().copied().collect(),
+                    ipcps: n.ipcps.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks a registration target. Registering needs the IPCP's control channel, which does
+    /// not exist yet, so a target that exists is refused as not supported.
+    pub fn register_name(
+        &mut self,
+        name: &str,
+        target: Option<&RegisterTarget>,
+    ) -> Result<(), Refusal> {
+        check_name("name", name)?;
+        match target {
+            None => Err(Refusal::invalid("register without an IPCP or layer")),
+            Some(RegisterTarget::Ipcp(ipcp)) if !self.ipcps.contains_key(ipcp) => {
+                Err(Refusal::not_found(format!("no IPCP named {ipcp:?}")))
+            }
+            Some(RegisterTarget::Layer(layer))
+                if !self
+                    .ipcps
+                    .values()
+                    .any(|i| i.layer.as_deref() == Some(layer.as_str())) =>
+            {
+                Err(Refusal::not_found(format!("no IPCP in layer {layer:?}")))
+            }
+            Some(_) => Err(Refusal::new(
+                ErrorCode::NotSupported,
+                "name registration in IPCPs is not implemented yet (issue 4)",
+            )),
+        }
+    }
+
+    /// Binds a program to a name, creating the name (spillover) and the program if needed.
+    pub fn bind_program(
+        &mut self,
+        name: &str,
+        program: &str,
+        args: &[String],
+        auto: bool,
+    ) -> Result<(), Refusal> {
+        check_name("name", name)?;
+        check_program(program)?;
+        if args.len() > MAX_ARGS || args.iter().any(|a| a.len() > MAX_PATH_LEN) {
+            return Err(Refusal::invalid(format!(
+                "at most {MAX_ARGS} arguments of at most {MAX_PATH_LEN} bytes"
+            )));
+        }
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(Refusal::invalid("an argument contains NUL"));
+        }
+        self.programs.insert(
+            program.to_owned(),
+            Program {
+                args: args.to_vec(),
+                auto,
+            },
+        );
+        let entry = self
+            .names
+            .entry(name.to_owned())
+            .or_insert_with(|| Name::new(LbPolicy::Spillover));
+        entry.programs.insert(program.to_owned());
+        // Running processes of the program serve the name too.
+        for (pid, p) in &self.processes {
+            if program_matches(program, &p.program) {
+                entry.processes.insert(*pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unbinds a program from one name, or (without a name) forgets it and all its bindings.
+    pub fn unbind_program(&mut self, program: &str, name: Option<&str>) -> Result<(), Refusal> {
+        if !self.programs.contains_key(program) {
+            return Err(Refusal::not_found(format!("no program {program:?}")));
+        }
+        match name {
+            Some(name) => {
+                let n = self
+                    .names
+                    .get_mut(name)
+                    .ok_or_else(|| Refusal::not_found(format!("no name {name:?}")))?;
+                if !n.programs.remove(program) {
+                    return Err(Refusal::not_found(format!(
+                        "program {program:?} is not bound to {name:?}"
+                    )));
+                }
+            }
+            None => {
+                self.programs.remove(program);
+                for n in self.names.values_mut() {
+                    n.programs.remove(program);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every program, by path.
+    pub fn list_programs(&self) -> ProgramList {
+        ProgramList {
+            programs: self
+                .programs
+                .iter()
+                .map(|(path, p)| ProgramInfo {
+                    program: path.clone(),
+                    args: p.args.clone(),
+                    auto: p.auto,
+                    names: self
+                        .names
+                        .iter()
+                        .filter(|(_, n)| n.programs.contains(path))
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records an announced process and returns its incarnation number. A pid announced again
+    /// keeps its bindings. The process inherits the names its program is bound to.
+    pub fn announce(&mut self, pid: u32, program: &str, uid: Option<u32>) -> u64 {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.processes.insert(
+            pid,
+            Process {
+                program: program.to_owned(),
+                uid,
+                generation,
+            },
+        );
+        for n in self.names.values_mut() {
+            if n.programs.iter().any(|p| program_matches(p, program)) {
+                n.processes.insert(pid);
+            }
+        }
+        generation
+    }
+
+    /// The process, if announced.
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// Removes a process and its bindings.
+    pub fn remove_process(&mut self, pid: u32) -> Result<Process, Refusal> {
+        let p = self
+            .processes
+            .remove(&pid)
+            .ok_or_else(|| Refusal::not_found(format!("process {pid} has not announced itself")))?;
+        for n in self.names.values_mut() {
+            n.processes.remove(&pid);
+        }
+        Ok(p)
+    }
+
+    /// Removes a process if it is still the incarnation `generation` (its death was noticed).
+    pub fn remove_dead(&mut self, pid: u32, generation: u64) -> Option<Process> {
+        if self.processes.get(&pid)?.generation != generation {
+            return None;
+        }
+        self.remove_process(pid).ok()
+    }
+
+    /// Binds an announced process to a name, creating the name (spillover) if needed.
+    pub fn bind_process(&mut self, pid: u32, name: &str) -> Result<(), Refusal> {
+        check_name("name", name)?;
+        if !self.processes.contains_key(&pid) {
+            return Err(Refusal::not_found(format!(
+                "process {pid} has not announced itself"
+            )));
+        }
+        self.names
+            .entry(name.to_owned())
+            .or_insert_with(|| Name::new(LbPolicy::Spillover))
+            .processes
+            .insert(pid);
+        Ok(())
+    }
+
+    /// Unbinds a process from one name, or (without a name) removes the process entry.
+    pub fn unbind_process(&mut self, pid: u32, name: Option<&str>) -> Result<(), Refusal> {
+        match name {
+            None => self.remove_process(pid).map(drop),
+            Some(name) => {
+                let n = self
+                    .names
+                    .get_mut(name)
+                    .ok_or_else(|| Refusal::not_found(format!("no name {name:?}")))?;
+                if n.processes.remove(&pid) {
+                    Ok(())
+                } else {
+                    Err(Refusal::not_found(format!(
+                        "process {pid} is not bound to {name:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Every announced process, by pid, with the names it is bound to.
+    pub fn list_processes(&self) -> ProcessList {
+        ProcessList {
+            processes: self
+                .processes
+                .iter()
+                .map(|(pid, p)| ProcessInfo {
+                    pid: *pid,
+                    program: p.program.clone(),
+                    names: self
+                        .names
+                        .iter()
+                        .filter(|(_, n)| n.processes.contains(pid))
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The IPCP of that name, if any.
+    pub fn ipcp(&self, name: &str) -> Option<&Ipcp> {
+        self.ipcps.get(name)
+    }
+
+    /// The IPCP with that pid, if any.
+    pub fn ipcp_by_pid(&self, pid: u32) -> Option<(&str, &Ipcp)> {
+        self.ipcps
+            .iter()
+            .find(|(_, i)| i.pid == pid)
+            .map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// Every IPCP (none until IPCP spawning exists).
+    pub fn list_ipcps(&self) -> IpcpList {
+        IpcpList { ipcps: Vec::new() }
+    }
+}
+
+/// Whether an announced program (a path or a basename) is the bound program `path`.
+fn program_matches(path: &str, announced: &str) -> bool {
+    path == announced
+        || Path::new(path)
+            .file_name()
+            .is_some_and(|f| f.to_str() == Some(announced))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const SPILL: i32 = LbPolicy::Spillover as i32;
+    const RR: i32 = LbPolicy::RoundRobin as i32;
+
+    #[test]
+    fn names_are_created_once_and_destroyed_with_their_bindings() {
+        let mut r = Registry::new();
+        r.create_name("a", RR).unwrap();
+        r.create_name("a", SPILL).unwrap();
+        assert_eq!(r.name("a").unwrap().lb, LbPolicy::RoundRobin);
+        r.bind_program("a", "/bin/true", &[], false).unwrap();
+        r.destroy_name("a").unwrap();
+        assert_eq!(r.destroy_name("a").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(r.list_programs().programs[0].names, Vec::<String>::new());
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let mut r = Registry::new();
+        let code = |e: Result<(), Refusal>| e.unwrap_err().code;
+        assert_eq!(code(r.create_name("", RR)), ErrorCode::InvalidArgument);
+        assert_eq!(
+            code(r.create_name(&"x".repeat(256), RR)),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(code(r.create_name("a\n", RR)), ErrorCode::InvalidArgument);
+        assert_eq!(code(r.create_name("a", 9)), ErrorCode::InvalidArgument);
+        assert_eq!(
+            code(r.bind_program("a", "relative", &[], false)),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(code(r.bind_process(5, "a")), ErrorCode::NotFound);
+        assert_eq!(code(r.unbind_program("/x", None)), ErrorCode::NotFound);
+        assert_eq!(
+            code(r.register_name("a", Some(&RegisterTarget::Ipcp("i".into())))),
+            ErrorCode::NotFound
+        );
+        assert!(r.list_names().names.is_empty(), "nothing was created");
+    }
+
+    #[test]
+    fn processes_inherit_their_programs_names() {
+        let mut r = Registry::new();
+        r.bind_program("srv", "/usr/bin/oecho", &[], false).unwrap();
+        let g = r.announce(10, "oecho", Some(0));
+        assert_eq!(r.name("srv").unwrap().processes, BTreeSet::from([10]));
+        r.bind_process(10, "other").unwrap();
+        assert_eq!(r.list_processes().processes[0].names, ["other", "srv"]);
+        // A stale death notice does nothing; the right one removes every binding.
+        let g2 = r.announce(10, "oecho", None);
+        assert!(r.remove_dead(10, g).is_none());
+        assert!(r.remove_dead(10, g2).is_some());
+        assert!(r.name("srv").unwrap().processes.is_empty());
+        assert!(r.name("other").unwrap().processes.is_empty());
+        assert!(r.list_processes().processes.is_empty());
+    }
+
+    #[test]
+    fn unbind_program_by_name_or_entirely() {
+        let mut r = Registry::new();
+        r.bind_program("a", "/p", &["x".into()], true).unwrap();
+        r.bind_program("b", "/p", &[], false).unwrap();
+        r.unbind_program("/p", Some("a")).unwrap();
+        assert_eq!(
+            r.unbind_program("/p", Some("a")).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(r.list_programs().programs[0].names, ["b"]);
+        r.unbind_program("/p", None).unwrap();
+        assert!(r.list_programs().programs.is_empty());
+        assert!(r.name("b").unwrap().programs.is_empty());
+    }
+}

@@ -1,0 +1,637 @@
+//! The daemon: start-up (lock, leftovers, pool, socket), the control socket's connections, the
+//! request dispatcher, process watching, and shutdown.
+//!
+//! Each connection gets one reader task and one writer task. The reader decodes frames with
+//! the sans-IO [`FrameDecoder`] and spawns one task per request (at most
+//! [`MAX_IN_FLIGHT`] per connection; beyond that the reader stops reading, which pushes back on
+//! that client only). Responses go to the writer through a channel in completion order, each
+//! tagged with its request's id. A client that sends garbage gets an error response with id 0;
+//! after a framing error (oversized length prefix) the stream cannot be trusted and the
+//! connection is closed once pending responses are written.
+//!
+//! Announced processes are watched with a pidfd registered in the runtime's epoll: the IRMd
+//! learns of a death when it happens, without polling, removes the process and reclaims its
+//! pool blocks.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use o7s_pool::{Access, Pool, PoolConfig, pool_name};
+use o7s_proto::irm::{
+    Body, Codec, Envelope, ErrorCode, FrameDecoder, FrameError, ProcessAnnounce, Request,
+    RequestKind, Response, ResponseKind,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedWriteHalf, UCred};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::lock::{LockError, Lockfile};
+use crate::registry::{Refusal, Registry, check_name};
+
+/// Most requests one connection may have in flight.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Responses queued for one connection's writer.
+const RESPONSE_QUEUE: usize = 64;
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the daemon needs to start.
+#[derive(Debug)]
+pub struct Options {
+    /// The run directory: lockfile and socket.
+    pub rundir: PathBuf,
+    /// Prefix of every shared-memory object of this IRMd.
+    pub shm_prefix: String,
+    /// The configuration to apply at start-up, already validated.
+    pub config: Option<Config>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The run directory could not be created or prepared.
+    #[error("run directory {}: {source}", path.display())]
+    Rundir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another IRMd runs here, or the lockfile is unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A shared-memory object of our prefix exists although no IRMd died holding this run
+    /// directory: it belongs to someone else.
+    #[error(
+        "shared-memory object {name:?} exists but no irmd died in {}: another irmd uses \
+         prefix {prefix:?} (pick another --shm-prefix) or it is a leftover to remove by hand",
+        rundir.display()
+    )]
+    ShmInUse {
+        /// The object.
+        name: String,
+        /// Our prefix.
+        prefix: String,
+        /// Our run directory.
+        rundir: PathBuf,
+    },
+    /// The shared pool could not be created.
+    #[error("cannot create the shared pool: {0}")]
+    Pool(#[from] o7s_pool::Error),
+    /// The control socket could not be bound.
+    #[error("cannot listen on {}: {source}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration could not be applied.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// Directory where POSIX shared-memory objects appear on Linux.
+const SHM_DIR: &str = "/dev/shm";
+
+/// Names of the shared-memory objects under `prefix` (`<prefix>.*`).
+fn shm_objects(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return Vec::new();
+    };
+    let dotted = format!("{prefix}.");
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&dotted))
+        .collect()
+}
+
+/// A started IRMd: it holds its run directory, its pool and its listening socket.
+#[derive(Debug)]
+pub struct Irmd {
+    options: Options,
+    lock: Lockfile,
+    listener: UnixListener,
+    state: Arc<State>,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct State {
+    registry: Mutex<Registry>,
+    pool: Arc<Pool>,
+    /// Per watched pid: the incarnation watched and the watcher task.
+    watchers: Mutex<HashMap<u32, (u64, AbortHandle)>>,
+}
+
+impl State {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock is a bug already logged; the registry's methods
+        // leave it consistent at every return, so keep serving.
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn watchers(&self) -> MutexGuard<'_, HashMap<u32, (u64, AbortHandle)>> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Irmd {
+    /// Takes the run directory: lockfile, cleanup of a dead predecessor's leftovers, the shared
+    /// pool, the configuration, and the control socket. Call inside a tokio runtime.
+    pub fn start(options: Options) -> Result<Self, StartError> {
+        let rundir = &options.rundir;
+        std::fs::create_dir_all(rundir).map_err(|source| StartError::Rundir {
+            path: rundir.clone(),
+            source,
+        })?;
+        let lock = Lockfile::acquire(&crate::lock_path(rundir))?;
+        let socket = crate::socket_path(rundir);
+        let prefix = &options.shm_prefix;
+        if let Some(pid) = lock.stale_pid() {
+            warn!(
+                pid,
+                rundir = %rundir.display(),
+                "a previous irmd died without cleaning up; removing its leftovers"
+            );
+            for name in shm_objects(prefix) {
+                match std::fs::remove_file(Path::new(SHM_DIR).join(&name)) {
+                    Ok(()) => info!(object = %name, "removed stale shared-memory object"),
+                    Err(e) => warn!(object = %name, "cannot remove stale object: {e}"),
+                }
+            }
+        } else if let Some(name) = shm_objects(prefix).into_iter().next() {
+            let _ = lock.release();
+            return Err(StartError::ShmInUse {
+                name,
+                prefix: prefix.clone(),
+                rundir: rundir.clone(),
+            });
+        }
+        // We hold the lock, so any socket file here is a dead IRMd's.
+        match std::fs::remove_file(&socket) {
+            Ok(()) => info!(socket = %socket.display(), "removed stale socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                let _ = lock.release();
+                return Err(StartError::Socket {
+                    path: socket,
+                    source,
+                });
+            }
+        }
+
+        let pool_name = pool_name(prefix, Access::Shared);
+        let pool = match Pool::create(&pool_name, &PoolConfig::shared_default(), Access::Shared) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let _ = lock.release();
+                return Err(e.into());
+            }
+        };
+        info!(pool = %pool_name, "created the shared pool");
+
+        let undo = |lock: Lockfile| {
+            let _ = Pool::unlink(&pool_name);
+            let _ = lock.release();
+        };
+        let mut registry = Registry::new();
+        if let Some(config) = &options.config
+            && let Err(e) = config.apply(&mut registry)
+        {
+            undo(lock);
+            return Err(e.into());
+        }
+        let listener = match bind(&socket) {
+            Ok(l) => l,
+            Err(source) => {
+                undo(lock);
+                return Err(StartError::Socket {
+                    path: socket,
+                    source,
+                });
+            }
+        };
+        info!(socket = %socket.display(), pid = std::process::id(), "irmd listening");
+        Ok(Self {
+            options,
+            lock,
+            listener,
+            state: Arc::new(State {
+                registry: Mutex::new(registry),
+                pool,
+                watchers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The options it started with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Serves clients until `shutdown` completes, then removes the socket, the pool and the
+    /// lockfile.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let state = self.state.clone();
+                        tokio::spawn(serve_connection(state, stream));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(self) {
+        let socket = crate::socket_path(&self.options.rundir);
+        if let Err(e) = std::fs::remove_file(&socket) {
+            warn!(socket = %socket.display(), "cannot remove socket: {e}");
+        }
+        for (_, (_, watcher)) in self.state.watchers().drain() {
+            watcher.abort();
+        }
+        let pool = self.state.pool.name().to_owned();
+        if let Err(e) = Pool::unlink(&pool) {
+            warn!(pool = %pool, "cannot unlink the pool: {e}");
+        }
+        let lock = self.lock.path().to_owned();
+        if let Err(e) = self.lock.release() {
+            warn!(lockfile = %lock.display(), "cannot remove lockfile: {e}");
+        }
+        info!("irmd stopped");
+    }
+}
+
+/// Binds the control socket, world-connectable (mode 0666, as in the reference).
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Reads frames from one client and answers them.
+async fn serve_connection(state: Arc<State>, stream: UnixStream) {
+    let peer = stream.peer_cred().ok();
+    let peer_pid = peer.and_then(|p| p.pid());
+    debug!(?peer_pid, "client connected");
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+    let writer = tokio::spawn(write_responses(wr, rx));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => {
+                if let Err(e) = decoder.finish() {
+                    warn!(?peer_pid, "client closed mid-frame: {e}");
+                    let _ = tx.send(bad_request(0, &e)).await;
+                }
+                break;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                debug!(?peer_pid, "read failed: {e}");
+                break;
+            }
+        };
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            let envelope = match decoder.decode(&mut input) {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(?peer_pid, "bad frame from client: {e}");
+                    let _ = tx.send(bad_request(0, &e)).await;
+                    if decoder.has_failed() {
+                        break 'read;
+                    }
+                    continue;
+                }
+            };
+            let request = match envelope.body {
+                Some(Body::Request(r)) => r,
+                Some(Body::Response(_)) => {
+                    let _ = tx
+                        .send(Envelope::response(
+                            envelope.id,
+                            Response::error(
+                                ErrorCode::BadRequest,
+                                "clients send requests, not responses",
+                            ),
+                        ))
+                        .await;
+                    continue;
+                }
+                None => {
+                    let _ = tx
+                        .send(Envelope::response(
+                            envelope.id,
+                            Response::error(ErrorCode::BadRequest, "envelope without a body"),
+                        ))
+                        .await;
+                    continue;
+                }
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break 'read;
+            };
+            let state = state.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let id = envelope.id;
+                let response = handle(&state, peer, request).await;
+                let _ = tx.send(Envelope::response(id, response)).await;
+                drop(permit);
+            });
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    debug!(?peer_pid, "client disconnected");
+}
+
+fn bad_request(id: u64, e: &FrameError) -> Envelope {
+    Envelope::response(id, Response::error(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// Writes responses as they come, batching what is queued.
+async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Envelope>) {
+    let mut out = Vec::new();
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        let mut next = Some(first);
+        while let Some(envelope) = next {
+            encode_response(&envelope, &mut out);
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = wr.write_all(&out).await {
+            debug!("write to client failed: {e}");
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Encodes a response; one too large for a frame becomes an error response.
+fn encode_response(envelope: &Envelope, out: &mut Vec<u8>) {
+    if let Err(e) = Codec::encode(envelope, out) {
+        error!(id = envelope.id, "response not sent: {e}");
+        let fallback = Envelope::response(
+            envelope.id,
+            Response::error(ErrorCode::Internal, format!("response not sent: {e}")),
+        );
+        if let Err(e) = Codec::encode(&fallback, out) {
+            error!("cannot even send an error: {e}");
+        }
+    }
+}
+
+/// Answers one request.
+async fn handle(state: &Arc<State>, peer: Option<UCred>, request: Request) -> Response {
+    let name = request.name();
+    let result = match request.kind {
+        None => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "request without a kind",
+        )),
+        Some(kind) => dispatch(state, peer, kind).await,
+    };
+    match result {
+        Ok(r) => r,
+        Err(refusal) => {
+            debug!(request = name, "refused: {}", refusal.message);
+            Response::error(refusal.code, refusal.message)
+        }
+    }
+}
+
+fn not_implemented(what: &str) -> Result<Response, Refusal> {
+    Err(Refusal::new(
+        ErrorCode::NotSupported,
+        format!("{what} is not implemented yet (issue 4)"),
+    ))
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    peer: Option<UCred>,
+    kind: RequestKind,
+) -> Result<Response, Refusal> {
+    let ok = |r: Result<(), Refusal>| r.map(|()| Response::ok());
+    match kind {
+        RequestKind::CreateIpcp(r) => {
+            check_name("IPCP name", &r.name)?;
+            not_implemented("IPCP creation")
+        }
+        RequestKind::DestroyIpcp(r) => {
+            let reg = state.registry();
+            let found = match &r.ipcp {
+                None => return Err(Refusal::new(ErrorCode::InvalidArgument, "no IPCP given")),
+                Some(o7s_proto::irm::IpcpSelector::Name(n)) => reg.ipcp(n).is_some(),
+                Some(o7s_proto::irm::IpcpSelector::Pid(p)) => reg.ipcp_by_pid(*p).is_some(),
+            };
+            if found {
+                not_implemented("IPCP destruction")
+            } else {
+                Err(Refusal::new(ErrorCode::NotFound, "no such IPCP"))
+            }
+        }
+        RequestKind::ListIpcps(_) => Ok(ResponseKind::Ipcps(state.registry().list_ipcps()).into()),
+        RequestKind::BootstrapIpcp(r) => {
+            if state.registry().ipcp(&r.name).is_none() {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("no IPCP named {:?}", r.name),
+                ));
+            }
+            not_implemented("IPCP bootstrap")
+        }
+        RequestKind::CreateName(r) => ok(state.registry().create_name(&r.name, r.lb)),
+        RequestKind::DestroyName(r) => ok(state.registry().destroy_name(&r.name)),
+        RequestKind::ListNames(_) => Ok(ResponseKind::Names(state.registry().list_names()).into()),
+        RequestKind::RegisterName(r) => {
+            ok(state.registry().register_name(&r.name, r.target.as_ref()))
+        }
+        RequestKind::UnregisterName(r) => {
+            ok(state.registry().register_name(&r.name, r.target.as_ref()))
+        }
+        RequestKind::BindProgram(r) => ok(state
+            .registry()
+            .bind_program(&r.name, &r.program, &r.args, r.auto)),
+        RequestKind::UnbindProgram(r) => ok(state
+            .registry()
+            .unbind_program(&r.program, r.name.as_deref())),
+        RequestKind::BindProcess(r) => ok(state.registry().bind_process(r.pid, &r.name)),
+        RequestKind::UnbindProcess(r) => {
+            ok(state.registry().unbind_process(r.pid, r.name.as_deref()))
+        }
+        RequestKind::ProcessAnnounce(r) => ok(announce(state, peer, &r)),
+        RequestKind::ProcessExit(r) => {
+            authorize(peer, r.pid)?;
+            let p = state.registry().remove_process(r.pid)?;
+            info!(pid = r.pid, program = %p.program, "process said goodbye");
+            // Its watcher stays: the pool blocks are reclaimed when it really dies.
+            Ok(Response::ok())
+        }
+        RequestKind::FlowAlloc(_) => not_implemented("flow allocation"),
+        RequestKind::FlowAccept(_) => not_implemented("flow accept"),
+        RequestKind::FlowDealloc(_) => not_implemented("flow deallocation"),
+        RequestKind::ListFlows(_) => {
+            Ok(ResponseKind::Flows(o7s_proto::irm::FlowList { flows: Vec::new() }).into())
+        }
+        RequestKind::IpcpStats(r) => {
+            if state.registry().ipcp(&r.name).is_none() {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("no IPCP named {:?}", r.name),
+                ));
+            }
+            not_implemented("IPCP statistics")
+        }
+        RequestKind::ListProcesses(_) => {
+            Ok(ResponseKind::Processes(state.registry().list_processes()).into())
+        }
+        RequestKind::ListPrograms(_) => {
+            Ok(ResponseKind::Programs(state.registry().list_programs()).into())
+        }
+    }
+}
+
+/// A process may speak for itself; root may speak for anyone.
+fn authorize(peer: Option<UCred>, pid: u32) -> Result<(), Refusal> {
+    let Some(peer) = peer else {
+        return Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            "cannot read the caller's credentials",
+        ));
+    };
+    let own = peer.pid().and_then(|p| u32::try_from(p).ok()) == Some(pid);
+    if own || peer.uid() == 0 {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "pid {:?} (uid {}) may not speak for process {pid}",
+                peer.pid(),
+                peer.uid()
+            ),
+        ))
+    }
+}
+
+/// Registers a process and starts watching it through a pidfd.
+fn announce(state: &Arc<State>, peer: Option<UCred>, r: &ProcessAnnounce) -> Result<(), Refusal> {
+    if r.pid == 0 || r.pid > i32::MAX as u32 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("bad pid {}", r.pid),
+        ));
+    }
+    check_name("program", &r.program)?;
+    authorize(peer, r.pid)?;
+    let pidfd = open_pidfd(r.pid)?;
+    #[expect(
+        deprecated,
+        reason = "its replacement is unsafe for any T; an OwnedFd stays open and the same fd \
+                  for the AsyncFd's whole life, which is what the unsafe version asks for"
+    )]
+    let watched = AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE).map_err(|e| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("cannot watch pidfd of {}: {e}", r.pid),
+        )
+    })?;
+    let uid = std::fs::metadata(format!("/proc/{}", r.pid))
+        .ok()
+        .map(|m| m.uid());
+    let generation = state.registry().announce(r.pid, &r.program, uid);
+    let task = tokio::spawn(watch(state.clone(), r.pid, generation, watched));
+    if let Some((_, old)) = state
+        .watchers()
+        .insert(r.pid, (generation, task.abort_handle()))
+    {
+        old.abort();
+    }
+    info!(pid = r.pid, program = %r.program, ?uid, "process announced");
+    Ok(())
+}
+
+fn open_pidfd(pid: u32) -> Result<OwnedFd, Refusal> {
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(pid_t) = raw else {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("bad pid {pid}"),
+        ));
+    };
+    rustix::process::pidfd_open(pid_t, rustix::process::PidfdFlags::empty()).map_err(|e| {
+        if e == rustix::io::Errno::SRCH {
+            Refusal::new(ErrorCode::NotFound, format!("no process with pid {pid}"))
+        } else {
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("pidfd_open({pid}) failed: {e}"),
+            )
+        }
+    })
+}
+
+/// Waits for a process to die, then forgets it and reclaims its pool blocks.
+async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<OwnedFd>) {
+    // A pidfd becomes readable once, when the process exits; it stays readable.
+    if let Err(e) = pidfd.readable().await {
+        error!(pid, "watching the process failed: {e}");
+        return;
+    }
+    drop(pidfd);
+    {
+        let mut watchers = state.watchers();
+        if watchers.get(&pid).is_some_and(|(g, _)| *g == generation) {
+            watchers.remove(&pid);
+        }
+    }
+    let removed = state.registry().remove_dead(pid, generation);
+    let pool = state.pool.clone();
+    let reclaimed = tokio::task::spawn_blocking(move || pool.reclaim(pid))
+        .await
+        .unwrap_or(0);
+    match removed {
+        Some(p) => info!(
+            pid,
+            program = %p.program,
+            reclaimed,
+            "process died: removed from the registry, pool blocks reclaimed"
+        ),
+        None => info!(pid, reclaimed, "process exited: pool blocks reclaimed"),
+    }
+}
