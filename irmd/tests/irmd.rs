@@ -26,12 +26,19 @@ struct Host {
     rundir: PathBuf,
     child: Option<Child>,
     logs: u32,
+    /// Extra arguments of every irmd started.
+    args: Vec<PathBuf>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Host {
     fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// Starts with extra arguments, made from the host's directory.
+    fn start_with(args: impl FnOnce(&Path) -> Vec<PathBuf>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "o7s-irmd-test-{}-{}",
             std::process::id(),
@@ -39,11 +46,13 @@ impl Host {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
+        let args = args(&dir);
         let mut host = Self {
             rundir: dir.join("run"),
             dir,
             child: None,
             logs: 0,
+            args,
         };
         host.launch();
         host
@@ -57,6 +66,7 @@ impl Host {
         let child = Command::new(env!("CARGO_BIN_EXE_irmd"))
             .arg("--rundir")
             .arg(&self.rundir)
+            .args(&self.args)
             .env("RUST_LOG", "debug")
             .env_remove("O7S_SHM_PREFIX")
             .stdin(Stdio::null())
@@ -321,12 +331,23 @@ fn programs_and_processes_are_bound() {
     c.call_ok(ProcessExit { pid: me }).expect("exit");
     assert!(processes(&mut c).is_empty());
     assert!(names(&mut c).iter().all(|n| n.processes.is_empty()));
-    // A pid that does not exist cannot be announced.
-    let (code, _) = refused(c.call_ok(ProcessAnnounce {
+    // A pid that does not exist cannot be announced; only root may speak for another
+    // process (and is told first that it may not, before whether the process exists).
+    let root = nix::unistd::geteuid().is_root();
+    let (code, message) = refused(c.call_ok(ProcessAnnounce {
         pid: i32::MAX as u32 - 1,
         program: "ghost".into(),
     }));
-    assert_eq!(code, ErrorCode::NotFound);
+    let expected = if root {
+        ErrorCode::NotFound
+    } else {
+        ErrorCode::PermissionDenied
+    };
+    assert_eq!(code, expected, "{message}");
+    if !root {
+        let (code, message) = refused(c.call_ok(ProcessExit { pid: 1 }));
+        assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
+    }
 }
 
 #[test]
@@ -606,4 +627,38 @@ fn a_config_file_is_applied_or_refused_by_key() {
     let (status, err) = run("[name.x]\nlb = \"sideways\"\n");
     assert!(!status.success());
     assert!(err.contains("name.x.lb"), "{err}");
+}
+
+#[test]
+fn a_config_file_is_applied_at_start() {
+    let host = Host::start_with(|dir| {
+        let conf = dir.join("irmd.conf");
+        std::fs::write(
+            &conf,
+            "[name.oping]\nprog = [\"/usr/bin/oping\", \"/usr/bin/oecho\"]\n\
+             args = [\"--listen --quiet\"]\nlb = \"round-robin\"\n[name.plain]\n",
+        )
+        .expect("write conf");
+        vec!["--config".into(), conf]
+    });
+    let mut c = host.client();
+    let list = names(&mut c);
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (list[0].name.as_str(), list[0].lb()),
+        ("oping", LbPolicy::RoundRobin)
+    );
+    assert_eq!(list[0].programs, ["/usr/bin/oecho", "/usr/bin/oping"]);
+    assert_eq!(
+        (list[1].name.as_str(), list[1].lb()),
+        ("plain", LbPolicy::Spillover)
+    );
+    let Ok(ResponseKind::Programs(programs)) = c.call_ok(ListPrograms {}) else {
+        panic!("list programs");
+    };
+    let oping = &programs.programs[1];
+    assert_eq!(oping.program, "/usr/bin/oping");
+    assert!(oping.auto);
+    assert_eq!(oping.args, ["--listen", "--quiet"]);
+    assert!(!programs.programs[0].auto);
 }
