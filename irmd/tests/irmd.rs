@@ -1,6 +1,7 @@
 //! The real `irmd` binary, started as a separate process on a temporary run directory: the
 //! registry requests, many requests in flight, misbehaving clients, the lockfile, recovery
-//! after SIGKILL, graceful shutdown, and pidfd-driven removal of dead processes.
+//! after SIGKILL, graceful shutdown, and pidfd-driven removal of dead processes and reclaim of
+//! their pool blocks.
 //!
 //! Nothing here needs root: the shared pool is created by whoever runs the IRMd.
 
@@ -527,7 +528,7 @@ fn sigkill_then_restart_cleans_the_leftovers() {
 }
 
 /// Not a test on its own: the process `a_dead_process_is_forgotten` starts. It announces
-/// itself, binds to a name, says so on stdout and waits to be killed.
+/// itself, binds to a name, takes five pool blocks, says so on stdout and waits to be killed.
 #[test]
 fn helper_announce_and_wait() {
     let Some(rundir) = std::env::var_os("O7S_TEST_HELPER_RUNDIR") else {
@@ -545,6 +546,12 @@ fn helper_announce_and_wait() {
         name: "helped".into(),
     })
     .expect("bind");
+    // Blocks it owns when it dies: the IRMd must reclaim them.
+    let pool = std::env::var("O7S_TEST_HELPER_POOL").expect("pool name");
+    let pool = o7s_pool::Pool::open(&pool).expect("open pool");
+    for _ in 0..5 {
+        pool.try_alloc(1000).expect("alloc").into_index();
+    }
     println!("HELPER READY {me}");
     std::io::stdout().flush().expect("flush");
     std::thread::sleep(Duration::from_secs(60));
@@ -556,6 +563,10 @@ fn a_dead_process_is_forgotten() {
     let mut helper = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "helper_announce_and_wait", "--nocapture"])
         .env("O7S_TEST_HELPER_RUNDIR", &host.rundir)
+        .env(
+            "O7S_TEST_HELPER_POOL",
+            o7s_pool::pool_name(&host.prefix(), o7s_pool::Access::Shared),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -571,6 +582,12 @@ fn a_dead_process_is_forgotten() {
             other => panic!("helper did not get ready: {other:?}"),
         }
     }
+    let pool = o7s_pool::Pool::open(&o7s_pool::pool_name(
+        &host.prefix(),
+        o7s_pool::Access::Shared,
+    ))
+    .expect("open pool");
+    assert_eq!(pool.verify().owned, 5, "{:?}", pool.verify());
     let mut c = host.client();
     assert_eq!(
         processes(&mut c)
@@ -589,6 +606,20 @@ fn a_dead_process_is_forgotten() {
         assert!(
             killed.elapsed() < Duration::from_secs(1),
             "dead process still registered: {}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its blocks go back to the free lists.
+    loop {
+        let report = pool.verify();
+        assert!(report.is_ok(), "{report:?}");
+        if report.owned == 0 && report.cached == 0 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "blocks not reclaimed: {report:?}\n{}",
             host.log()
         );
         std::thread::sleep(Duration::from_millis(10));
