@@ -207,9 +207,28 @@ impl Registry {
         name: &str,
         target: Option<&RegisterTarget>,
     ) -> Result<(), Refusal> {
+        self.check_registration("registration", name, target)
+    }
+
+    /// Checks an unregistration target; like [`Registry::register_name`], not supported yet
+    /// once the target exists.
+    pub fn unregister_name(
+        &mut self,
+        name: &str,
+        target: Option<&RegisterTarget>,
+    ) -> Result<(), Refusal> {
+        self.check_registration("unregistration", name, target)
+    }
+
+    fn check_registration(
+        &self,
+        what: &str,
+        name: &str,
+        target: Option<&RegisterTarget>,
+    ) -> Result<(), Refusal> {
         check_name("name", name)?;
         match target {
-            None => Err(Refusal::invalid("register without an IPCP or layer")),
+            None => Err(Refusal::invalid(format!("{what} without an IPCP or layer"))),
             Some(RegisterTarget::Ipcp(ipcp)) if !self.ipcps.contains_key(ipcp) => {
                 Err(Refusal::not_found(format!("no IPCP named {ipcp:?}")))
             }
@@ -223,7 +242,7 @@ impl Registry {
             }
             Some(_) => Err(Refusal::new(
                 ErrorCode::NotSupported,
-                "name registration in IPCPs is not implemented yet (issue 4)",
+                format!("name {what} in IPCPs is not implemented yet (issue 4)"),
             )),
         }
     }

@@ -480,7 +480,7 @@ async fn dispatch(
             ok(state.registry().register_name(&r.name, r.target.as_ref()))
         }
         RequestKind::UnregisterName(r) => {
-            ok(state.registry().register_name(&r.name, r.target.as_ref()))
+            ok(state.registry().unregister_name(&r.name, r.target.as_ref()))
         }
         RequestKind::BindProgram(r) => ok(state
             .registry()
