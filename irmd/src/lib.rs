@@ -8,71 +8,25 @@
 //! * [`registry`]: the registry itself, pure state.
 //! * [`lock`]: the `flock`ed lockfile that makes one IRMd per run directory.
 //! * [`config`]: reads `irmd.conf`.
-//! * [`client`]: a blocking client for tests and tools.
+//! * [`flows`]: the flow table and the accepts and allocations waiting for each other.
 //!
-//! Not implemented yet (issue 4): IPCP spawning and bootstrap, name registration in IPCPs,
-//! flow allocation, per-user pools, OAP.
+//! Clients talk to it with `o7s::irm::Client` (the application library's blocking client).
+//!
+//! Flows today are *direct local flows*: both ends on this host, two rings in the shared pool,
+//! no IPCP. Not implemented yet (issue 4): IPCP spawning and bootstrap, name registration in
+//! IPCPs, flows through IPCPs, auto-started programs, per-user pools, OAP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::path::{Path, PathBuf};
-
-pub mod client;
 pub mod config;
+pub mod flows;
 pub mod lock;
 pub mod registry;
 pub mod server;
 
-/// The run directory when neither `--rundir` nor [`RUNDIR_ENV`] says otherwise.
-pub const DEFAULT_RUNDIR: &str = "/run/o7s";
-/// Environment variable naming the run directory (for the daemon and its clients).
-pub const RUNDIR_ENV: &str = "O7S_RUNDIR";
-/// Shared-memory prefix of the IRMd of [`DEFAULT_RUNDIR`].
-pub const DEFAULT_SHM_PREFIX: &str = "o7s";
-
-/// The control socket of a run directory.
-pub fn socket_path(rundir: &Path) -> PathBuf {
-    rundir.join("irmd.sock")
-}
-
-/// The lockfile of a run directory.
-pub fn lock_path(rundir: &Path) -> PathBuf {
-    rundir.join("irmd.lock")
-}
-
-/// The run directory from [`RUNDIR_ENV`], else [`DEFAULT_RUNDIR`].
-pub fn default_rundir() -> PathBuf {
-    std::env::var_os(RUNDIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_RUNDIR), PathBuf::from)
-}
-
-/// The shared-memory prefix of a run directory: [`DEFAULT_SHM_PREFIX`] for the default one,
-/// `o7s-<hash of the absolute path>` for any other, so IRMds of different run directories (say,
-/// one per network namespace in a test) never share a pool name.
-pub fn shm_prefix_for(rundir: &Path) -> String {
-    let absolute = std::path::absolute(rundir).unwrap_or_else(|_| rundir.to_owned());
-    if absolute == Path::new(DEFAULT_RUNDIR) {
-        return DEFAULT_SHM_PREFIX.to_owned();
-    }
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in absolute.as_os_str().as_encoded_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{DEFAULT_SHM_PREFIX}-{hash:016x}")
-}
-
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn prefixes_differ_per_rundir() {
-        assert_eq!(shm_prefix_for(Path::new("/run/o7s")), "o7s");
-        assert_eq!(shm_prefix_for(Path::new("/run/o7s/")), "o7s");
-        let a = shm_prefix_for(Path::new("/tmp/a"));
-        let b = shm_prefix_for(Path::new("/tmp/b"));
-        assert_ne!(a, b);
-        assert!(a.starts_with("o7s-") && a.len() == 4 + 16, "{a}");
-    }
-}
+/// Run directory conventions, shared with the clients (the application library owns them, so
+/// the daemon and its clients cannot disagree on where to meet).
+pub use o7s::rundir::{
+    DEFAULT_RUNDIR, DEFAULT_SHM_PREFIX, RUNDIR_ENV, default_rundir, lock_path, shm_prefix_for,
+    socket_path,
+};

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::flows::{AcceptWait, AllocWait, FlowTable};
 use o7s_proto::irm::{
     ErrorCode, IpcpList, LbPolicy, MAX_NAME_LEN, NameInfo, NameList, ProcessInfo, ProcessList,
     ProgramInfo, ProgramList, RegisterTarget,
@@ -152,6 +153,8 @@ pub struct Registry {
     processes: BTreeMap<u32, Process>,
     ipcps: BTreeMap<String, Ipcp>,
     next_generation: u64,
+    /// Flows and the accepts and allocations waiting for each other.
+    pub flows: FlowTable,
 }
 
 impl Registry {
@@ -434,6 +437,37 @@ impl Registry {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether process `pid` is bound to `name`.
+    pub fn is_bound(&self, pid: u32, name: &str) -> bool {
+        self.names
+            .get(name)
+            .is_some_and(|n| n.processes.contains(&pid))
+    }
+
+    /// Whether process `pid` is bound to any name.
+    pub fn is_bound_anywhere(&self, pid: u32) -> bool {
+        self.names.values().any(|n| n.processes.contains(&pid))
+    }
+
+    /// Takes the waiting accept that gets a flow to `dst`, by the name's load-balancing
+    /// policy, among processes bound to `dst`.
+    pub fn take_acceptor(&mut self, dst: &str) -> Option<AcceptWait> {
+        let name = self.names.get(dst)?;
+        let lb = name.lb;
+        let bound = &name.processes;
+        self.flows
+            .take_acceptor(dst, |pid| bound.contains(&pid), lb)
+    }
+
+    /// Takes the oldest waiting allocation process `pid` can accept (for `name`, or for any
+    /// name it is bound to).
+    pub fn take_alloc_for(&mut self, pid: u32, name: Option<&str>) -> Option<AllocWait> {
+        let names = &self.names;
+        self.flows.take_alloc(name, |dst| {
+            names.get(dst).is_some_and(|n| n.processes.contains(&pid))
+        })
     }
 
     /// The IPCP of that name, if any.

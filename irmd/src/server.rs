@@ -18,22 +18,25 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use o7s_pool::{Access, Pool, PoolConfig, pool_name};
 use o7s_proto::irm::{
-    Body, Codec, Envelope, ErrorCode, FrameDecoder, FrameError, ProcessAnnounce, Request,
-    RequestKind, Response, ResponseKind,
+    Body, Codec, EndState, Envelope, ErrorCode, FlowAccept, FlowAlloc, FlowInfo, FrameDecoder,
+    FrameError, ProcessAnnounce, QosSpec, Request, RequestKind, Response, ResponseKind,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::flows::{Flow, Side};
 use crate::lock::{LockError, Lockfile};
 use crate::registry::{Refusal, Registry, check_name};
 
@@ -43,6 +46,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 const RESPONSE_QUEUE: usize = 64;
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a `FlowAlloc` without a timeout waits for an accepting process (the reference's
+/// default allocation timeout).
+pub const DEFAULT_ALLOC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the daemon needs to start.
 #[derive(Debug)]
@@ -133,7 +139,17 @@ struct State {
     pool: Arc<Pool>,
     /// Per watched pid: the incarnation watched and the watcher task.
     watchers: Mutex<HashMap<u32, (u64, AbortHandle)>>,
+    /// Per waiting flow request (token of the registry's flow table): where its answer goes.
+    /// Locked after the registry, and changed only with the registry locked, so an entry
+    /// exists exactly while the flow table lists the request as waiting or a matcher is about
+    /// to answer it.
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    /// Numbers the connections, so a closed one's waiting requests can be withdrawn.
+    next_conn: AtomicU64,
 }
+
+/// The answer to a waiting `FlowAccept` or `FlowAlloc`.
+type Waiter = oneshot::Sender<Result<FlowInfo, Refusal>>;
 
 impl State {
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -146,6 +162,12 @@ impl State {
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<u32, (u64, AbortHandle)>> {
         self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -236,6 +258,8 @@ impl Irmd {
                 registry: Mutex::new(registry),
                 pool,
                 watchers: Mutex::new(HashMap::new()),
+                waiters: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
             }),
         })
     }
@@ -299,7 +323,8 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 async fn serve_connection(state: Arc<State>, stream: UnixStream) {
     let peer = stream.peer_cred().ok();
     let peer_pid = peer.and_then(|p| p.pid());
-    debug!(?peer_pid, "client connected");
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    debug!(?peer_pid, conn, "client connected");
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_responses(wr, rx));
@@ -366,15 +391,17 @@ async fn serve_connection(state: Arc<State>, stream: UnixStream) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let id = envelope.id;
-                let response = handle(&state, peer, request).await;
+                let response = handle(&state, peer, conn, request).await;
                 let _ = tx.send(Envelope::response(id, response)).await;
                 drop(permit);
             });
         }
     }
+    // Nobody is left to hear about a flow this connection waits for.
+    cancel_waits(&state, |t| t.cancel_conn(conn));
     drop(tx);
     let _ = writer.await;
-    debug!(?peer_pid, "client disconnected");
+    debug!(?peer_pid, conn, "client disconnected");
 }
 
 fn bad_request(id: u64, e: &FrameError) -> Envelope {
@@ -414,14 +441,14 @@ fn encode_response(envelope: &Envelope, out: &mut Vec<u8>) {
 }
 
 /// Answers one request.
-async fn handle(state: &Arc<State>, peer: Option<UCred>, request: Request) -> Response {
+async fn handle(state: &Arc<State>, peer: Option<UCred>, conn: u64, request: Request) -> Response {
     let name = request.name();
     let result = match request.kind {
         None => Err(Refusal::new(
             ErrorCode::BadRequest,
             "request without a kind",
         )),
-        Some(kind) => dispatch(state, peer, kind).await,
+        Some(kind) => dispatch(state, peer, conn, kind).await,
     };
     match result {
         Ok(r) => r,
@@ -442,6 +469,7 @@ fn not_implemented(what: &str) -> Result<Response, Refusal> {
 async fn dispatch(
     state: &Arc<State>,
     peer: Option<UCred>,
+    conn: u64,
     kind: RequestKind,
 ) -> Result<Response, Refusal> {
     let ok = |r: Result<(), Refusal>| r.map(|()| Response::ok());
@@ -496,15 +524,17 @@ async fn dispatch(
         RequestKind::ProcessExit(r) => {
             authorize(peer, r.pid)?;
             let p = state.registry().remove_process(r.pid)?;
+            cancel_waits(state, |t| t.cancel_pid(r.pid));
+            end_process(state, r.pid, EndState::Deallocated);
             info!(pid = r.pid, program = %p.program, "process said goodbye");
             // Its watcher stays: the pool blocks are reclaimed when it really dies.
             Ok(Response::ok())
         }
-        RequestKind::FlowAlloc(_) => not_implemented("flow allocation"),
-        RequestKind::FlowAccept(_) => not_implemented("flow accept"),
-        RequestKind::FlowDealloc(_) => not_implemented("flow deallocation"),
+        RequestKind::FlowAlloc(r) => flow_alloc(state, peer, conn, r).await,
+        RequestKind::FlowAccept(r) => flow_accept(state, peer, conn, r).await,
+        RequestKind::FlowDealloc(r) => ok(flow_dealloc(state, peer, r.flow_id)),
         RequestKind::ListFlows(_) => {
-            Ok(ResponseKind::Flows(o7s_proto::irm::FlowList { flows: Vec::new() }).into())
+            Ok(ResponseKind::Flows(state.registry().flows.list(state.pool.name())).into())
         }
         RequestKind::IpcpStats(r) => {
             if state.registry().ipcp(&r.name).is_none() {
@@ -621,10 +651,14 @@ async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<Owne
         }
     }
     let removed = state.registry().remove_dead(pid, generation);
+    // No new flow may reach it from here on; then its blocks and ring ends are reclaimed
+    // (rings it was an end of get PEER_GONE) before any of its rings can be destroyed.
+    cancel_waits(&state, |t| t.cancel_pid(pid));
     let pool = state.pool.clone();
     let reclaimed = tokio::task::spawn_blocking(move || pool.reclaim(pid))
         .await
         .unwrap_or(0);
+    end_process(&state, pid, EndState::Dead);
     match removed {
         Some(p) => info!(
             pid,
@@ -633,5 +667,363 @@ async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<Owne
             "process died: removed from the registry, pool blocks reclaimed"
         ),
         None => info!(pid, reclaimed, "process exited: pool blocks reclaimed"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Direct local flows
+// ------------------------------------------------------------------------------------------
+
+/// The pid of the process on the other end of the socket: flow requests are always made for
+/// oneself.
+fn caller_pid(peer: Option<UCred>) -> Result<u32, Refusal> {
+    peer.and_then(|p| p.pid())
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::PermissionDenied,
+                "cannot read the caller's credentials",
+            )
+        })
+}
+
+fn check_announced(reg: &crate::registry::Registry, pid: u32) -> Result<(), Refusal> {
+    if reg.process(pid).is_none() {
+        return Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("process {pid} has not announced itself"),
+        ));
+    }
+    Ok(())
+}
+
+/// Withdraws waiting flow requests (chosen by `select` on the flow table); their requests get
+/// an error answer as their channel closes.
+fn cancel_waits(state: &State, select: impl FnOnce(&mut crate::flows::FlowTable) -> Vec<u64>) {
+    let mut reg = state.registry();
+    let tokens = select(&mut reg.flows);
+    if tokens.is_empty() {
+        return;
+    }
+    let mut waiters = state.waiters();
+    for token in tokens {
+        waiters.remove(&token);
+    }
+}
+
+/// Sets a flow up between an allocating and an accepting process: an id and two rings. Call
+/// with the registry locked (the caller took both requests out of the waiting lists).
+fn create_flow(
+    state: &State,
+    reg: &mut crate::registry::Registry,
+    (alloc, accept): (u32, u32),
+    name: &str,
+    qos: QosSpec,
+) -> Result<Flow, Refusal> {
+    let busy = |what: String| Refusal::new(ErrorCode::Busy, what);
+    let id = reg
+        .flows
+        .free_id()
+        .ok_or_else(|| busy("every flow id is in use".into()))?;
+    let pool = &state.pool;
+    let a2b = pool
+        .ring_create(alloc, accept)
+        .map_err(|e| busy(format!("cannot create a flow ring: {e}")))?;
+    let b2a = match pool.ring_create(accept, alloc) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = pool.ring_destroy(a2b);
+            return Err(busy(format!("cannot create a flow ring: {e}")));
+        }
+    };
+    let flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a));
+    reg.flows.insert(flow.clone());
+    info!(
+        flow = id,
+        name, alloc, accept, a2b, b2a, "direct local flow allocated"
+    );
+    Ok(flow)
+}
+
+/// Destroys a finished flow's rings (returning what was still queued on them).
+fn destroy_rings(state: &State, flow: &Flow) {
+    for ring in [flow.a2b, flow.b2a] {
+        match state.pool.ring_destroy(ring) {
+            Ok(freed) => debug!(flow = flow.id, ring, freed, "flow ring destroyed"),
+            Err(e) => warn!(flow = flow.id, ring, "cannot destroy flow ring: {e}"),
+        }
+    }
+    info!(flow = flow.id, "flow finished: rings destroyed");
+}
+
+/// Takes a flow out of the table and frees its rings (the waiting end it was meant for
+/// vanished before hearing of it).
+fn undo_flow(state: &State, id: u32) {
+    let flow = state.registry().flows.remove(id);
+    if let Some(flow) = flow {
+        destroy_rings(state, &flow);
+    }
+}
+
+/// Answers a waiting request; false if nobody waits for the answer any more.
+fn deliver(state: &State, token: u64, answer: Result<FlowInfo, Refusal>) -> bool {
+    let waiter = state.waiters().remove(&token);
+    waiter.is_some_and(|w| w.send(answer).is_ok())
+}
+
+/// Waits for a matcher to answer request `token` until `deadline`; at the deadline the request
+/// is withdrawn, unless it was matched meanwhile (then its answer is on the way).
+async fn await_answer(
+    state: &State,
+    token: u64,
+    mut rx: oneshot::Receiver<Result<FlowInfo, Refusal>>,
+    deadline: Option<tokio::time::Instant>,
+    timed_out: impl FnOnce() -> Refusal,
+) -> Result<Response, Refusal> {
+    let answer = match deadline {
+        None => rx.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let withdrawn = {
+                    let mut reg = state.registry();
+                    let withdrawn = reg.flows.cancel(token);
+                    if withdrawn {
+                        state.waiters().remove(&token);
+                    }
+                    withdrawn
+                };
+                if withdrawn {
+                    return Err(timed_out());
+                }
+                rx.await
+            }
+        },
+    };
+    match answer {
+        Ok(info) => info.map(|i| ResponseKind::Flow(i).into()),
+        Err(_) => Err(Refusal::new(
+            ErrorCode::Internal,
+            "the request was withdrawn: its process exited or its connection closed",
+        )),
+    }
+}
+
+/// `FlowAlloc`: a flow to the process accepting for `dst`, now or once one accepts.
+///
+/// A name this IRMd does not know fails at once (`NotFound`: nothing is bound to it, and
+/// flows through IPCPs do not exist yet); a known name without an accepting process waits up
+/// to the timeout (default [`DEFAULT_ALLOC_TIMEOUT`]) and then fails with `TimedOut`.
+async fn flow_alloc(
+    state: &Arc<State>,
+    peer: Option<UCred>,
+    conn: u64,
+    r: FlowAlloc,
+) -> Result<Response, Refusal> {
+    let pid = caller_pid(peer)?;
+    check_name("destination name", &r.dst)?;
+    let qos = r.qos.unwrap_or_default();
+    let timeout = r
+        .timeout_ms
+        .map_or(DEFAULT_ALLOC_TIMEOUT, |ms| Duration::from_millis(ms.into()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (matched, token, rx) = {
+            let mut reg = state.registry();
+            check_announced(&reg, pid)?;
+            if reg.name(&r.dst).is_none() {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no name {:?} on this host: no process or program is bound to it \
+                         (flows through IPCPs are not implemented yet)",
+                        r.dst
+                    ),
+                ));
+            }
+            match reg.take_acceptor(&r.dst) {
+                Some(acceptor) => {
+                    let flow =
+                        create_flow(state, &mut reg, (pid, acceptor.pid), &r.dst, qos.clone());
+                    (Some((acceptor, flow)), 0, None)
+                }
+                None => {
+                    let token = reg.flows.wait_alloc(pid, &r.dst, qos.clone(), conn);
+                    let (tx, rx) = oneshot::channel();
+                    state.waiters().insert(token, tx);
+                    (None, token, Some(rx))
+                }
+            }
+        };
+        if let Some((acceptor, flow)) = matched {
+            let flow = match flow {
+                Ok(flow) => flow,
+                Err(refusal) => {
+                    // The acceptor keeps waiting for a flow that can be set up.
+                    state.registry().flows.restore_accept(acceptor);
+                    return Err(refusal);
+                }
+            };
+            let pool = state.pool.name();
+            if deliver(state, acceptor.token, Ok(flow.info_for(Side::Accept, pool))) {
+                return Ok(ResponseKind::Flow(flow.info_for(Side::Alloc, pool)).into());
+            }
+            debug!(flow = flow.id, "the acceptor vanished; trying another");
+            undo_flow(state, flow.id);
+            continue;
+        }
+        let Some(rx) = rx else {
+            return Err(Refusal::new(ErrorCode::Internal, "no answer channel"));
+        };
+        let dst = r.dst.clone();
+        return await_answer(state, token, rx, Some(deadline), || {
+            Refusal::new(
+                ErrorCode::TimedOut,
+                format!(
+                    "no process accepted a flow for {dst:?} within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+        })
+        .await;
+    }
+}
+
+/// `FlowAccept`: the next flow to a name the caller is bound to (or to `name`), now if an
+/// allocation waits, else once one comes (up to the timeout; none: forever).
+async fn flow_accept(
+    state: &Arc<State>,
+    peer: Option<UCred>,
+    conn: u64,
+    r: FlowAccept,
+) -> Result<Response, Refusal> {
+    let pid = caller_pid(peer)?;
+    if let Some(name) = &r.name {
+        check_name("name", name)?;
+    }
+    let deadline = r
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms.into()));
+    loop {
+        let (matched, token, rx) = {
+            let mut reg = state.registry();
+            check_announced(&reg, pid)?;
+            match &r.name {
+                Some(name) if !reg.is_bound(pid, name) => {
+                    return Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("process {pid} is not bound to {name:?}: bind it first"),
+                    ));
+                }
+                None if !reg.is_bound_anywhere(pid) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("process {pid} is bound to no name: bind it to one first"),
+                    ));
+                }
+                _ => {}
+            }
+            match reg.take_alloc_for(pid, r.name.as_deref()) {
+                Some(alloc) => {
+                    let flow = create_flow(
+                        state,
+                        &mut reg,
+                        (alloc.pid, pid),
+                        &alloc.dst,
+                        alloc.qos.clone(),
+                    );
+                    (Some((alloc, flow)), 0, None)
+                }
+                None => {
+                    let token = reg.flows.wait_accept(pid, r.name.as_deref(), conn);
+                    let (tx, rx) = oneshot::channel();
+                    state.waiters().insert(token, tx);
+                    (None, token, Some(rx))
+                }
+            }
+        };
+        if let Some((alloc, flow)) = matched {
+            let flow = match flow {
+                Ok(flow) => flow,
+                Err(refusal) => {
+                    // The allocation hears why; this accept waits on.
+                    deliver(state, alloc.token, Err(refusal));
+                    continue;
+                }
+            };
+            let pool = state.pool.name();
+            if deliver(state, alloc.token, Ok(flow.info_for(Side::Alloc, pool))) {
+                return Ok(ResponseKind::Flow(flow.info_for(Side::Accept, pool)).into());
+            }
+            debug!(
+                flow = flow.id,
+                "the allocating process vanished; waiting on"
+            );
+            undo_flow(state, flow.id);
+            continue;
+        }
+        let Some(rx) = rx else {
+            return Err(Refusal::new(ErrorCode::Internal, "no answer channel"));
+        };
+        return await_answer(state, token, rx, deadline, || {
+            Refusal::new(ErrorCode::TimedOut, "no flow arrived before the timeout")
+        })
+        .await;
+    }
+}
+
+/// `FlowDealloc` from one end: both rings go down (the other end drains, then reads
+/// FLOW_DOWN); the rings are destroyed once the other end is done too.
+fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refusal> {
+    let pid = caller_pid(peer)?;
+    let finished = {
+        let mut reg = state.registry();
+        let Some(flow) = reg.flows.get(id) else {
+            return Err(Refusal::new(ErrorCode::NotFound, format!("no flow {id}")));
+        };
+        let (a2b, b2a) = (flow.a2b, flow.b2a);
+        let Some(side) = reg.flows.active_side(id, pid) else {
+            let code = if flow.alloc.pid == pid || flow.accept.pid == pid {
+                ErrorCode::NotFound
+            } else {
+                ErrorCode::PermissionDenied
+            };
+            return Err(Refusal::new(
+                code,
+                format!("process {pid} has no active end of flow {id}"),
+            ));
+        };
+        for ring in [a2b, b2a] {
+            let _ = state
+                .pool
+                .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
+        }
+        reg.flows.end(id, side, EndState::Deallocated)
+    };
+    info!(flow = id, pid, "flow deallocated by one end");
+    if let Some(flow) = finished {
+        destroy_rings(state, &flow);
+    }
+    Ok(())
+}
+
+/// A process left (`Deallocated`: it said goodbye; `Dead`: its pidfd fired and its pool
+/// share was reclaimed): its flow ends end, and flows with no end left lose their rings.
+fn end_process(state: &State, pid: u32, how: EndState) {
+    let (touched, finished) = state.registry().flows.end_process(pid, how);
+    if how == EndState::Deallocated {
+        for flow in &touched {
+            for ring in [flow.a2b, flow.b2a] {
+                let _ = state
+                    .pool
+                    .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
+            }
+        }
+    }
+    for flow in &touched {
+        info!(flow = flow.id, pid, state = ?how, "flow end gone with its process");
+    }
+    for flow in &finished {
+        destroy_rings(state, flow);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use o7s_irmd::client::{Client, ClientError};
+use o7s::irm::{Client, ClientError};
 use o7s_proto::irm::*;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,13 +252,6 @@ fn names_are_created_listed_and_destroyed() {
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert_eq!(names(&mut c).len(), 1);
     // Not implemented yet, and saying so.
-    let (code, message) = refused(c.call_ok(FlowAlloc {
-        dst: "b".into(),
-        qos: None,
-        timeout_ms: None,
-    }));
-    assert_eq!(code, ErrorCode::NotSupported);
-    assert!(message.contains("not implemented yet"), "{message}");
     let (code, message) = refused(c.call_ok(CreateIpcp {
         ipcp_type: IpcpType::EthDix.into(),
         name: "eth".into(),
@@ -692,4 +685,180 @@ fn a_config_file_is_applied_at_start() {
     assert!(oping.auto);
     assert_eq!(oping.args, ["--listen", "--quiet"]);
     assert!(!programs.programs[0].auto);
+}
+
+fn flows(c: &mut Client) -> Vec<FlowInfo> {
+    match c.call_ok(ListFlows {}) {
+        Ok(ResponseKind::Flows(f)) => f.flows,
+        other => panic!("list flows: {other:?}"),
+    }
+}
+
+fn open_pool(host: &Host) -> o7s_pool::Pool {
+    o7s_pool::Pool::open(&o7s_pool::pool_name(
+        &host.prefix(),
+        o7s_pool::Access::Shared,
+    ))
+    .expect("open pool")
+}
+
+/// One process at both ends of a direct local flow, through the application library: data
+/// both ways, the listing, dealloc from one end then the other, and nothing left in the pool.
+#[test]
+fn a_direct_local_flow_carries_data_and_goes_away() {
+    let host = Host::start();
+    let app = o7s::Client::connect_to(&host.rundir).expect("library connects");
+    app.bind("echo").expect("bind");
+    let server = {
+        let app = app.clone();
+        std::thread::spawn(move || app.flow_accept(Some(TIMEOUT)))
+    };
+    let client = app
+        .flow_alloc("echo", Some(o7s::qos::voice()), Some(TIMEOUT))
+        .expect("alloc");
+    let server = server.join().expect("accept thread").expect("accept");
+    assert_eq!(client.id(), server.id());
+    assert_eq!(server.name(), "echo");
+    assert_eq!(
+        server.qos(),
+        o7s::qos::voice(),
+        "the acceptor sees the asked QoS"
+    );
+    client.write(b"ping").expect("write");
+    let mut buf = [0u8; 64];
+    assert_eq!(server.read(&mut buf).expect("read"), 4);
+    assert_eq!(&buf[..4], b"ping");
+    // Zero copy back, and a buffer too small keeps the SDU.
+    let mut p = server.alloc_packet(100).expect("packet");
+    p.data_mut().fill(7);
+    server.write_packet(p).expect("write packet");
+    let mut small = [0u8; 10];
+    assert!(matches!(
+        client.read(&mut small),
+        Err(o7s::Error::BufferTooSmall {
+            need: 100,
+            have: 10
+        })
+    ));
+    let p = client.read_packet().expect("read packet");
+    assert_eq!(p.data(), &[7u8; 100][..]);
+    drop(p);
+    // Too large is an error, not a drop.
+    let huge = vec![0u8; client.max_sdu() + 1];
+    assert!(matches!(
+        client.write(&huge),
+        Err(o7s::Error::TooLarge { .. })
+    ));
+    // Empty and non-blocking reads.
+    server.set_nonblocking(true);
+    assert!(matches!(
+        server.read(&mut buf),
+        Err(o7s::Error::WouldBlock { .. })
+    ));
+    server.set_nonblocking(false);
+    server.set_read_timeout(Some(Duration::from_millis(50)));
+    assert!(matches!(
+        server.read(&mut buf),
+        Err(o7s::Error::TimedOut { .. })
+    ));
+
+    let mut c = host.client();
+    let listed = flows(&mut c);
+    assert_eq!(listed.len(), 1);
+    let me = std::process::id();
+    assert_eq!((listed[0].n_pid, listed[0].n_1_pid), (me, me));
+    assert_eq!(listed[0].n_state(), EndState::Active);
+    assert_eq!(listed[0].name, "echo");
+
+    // One end goes: the other reads what was queued, then FlowDown.
+    client.write(b"last").expect("write");
+    let id = client.id();
+    client.dealloc().expect("dealloc");
+    assert_eq!(server.read(&mut buf).expect("queued data survives"), 4);
+    assert!(matches!(server.read(&mut buf), Err(o7s::Error::FlowDown)));
+    assert!(
+        server.write(b"x").is_err(),
+        "writes fail on a flow that is down"
+    );
+    let listed = flows(&mut c);
+    assert_eq!(
+        (
+            listed[0].flow_id,
+            listed[0].n_state(),
+            listed[0].n_1_state()
+        ),
+        (id, EndState::Deallocated, EndState::Active)
+    );
+    drop(server);
+    assert!(
+        flows(&mut c).is_empty(),
+        "rings destroyed with the last end"
+    );
+    let report = open_pool(&host).verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(
+        (report.owned, report.queued, report.held),
+        (0, 0, 0),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn allocations_fail_clearly_and_waits_block_nobody() {
+    let host = Host::start();
+    let app = o7s::Client::connect_to(&host.rundir).expect("connect");
+    // Unknown name: at once.
+    let started = Instant::now();
+    let e = app
+        .flow_alloc("nobody", None, Some(TIMEOUT))
+        .expect_err("no such name");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("no name \"nobody\""), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A name without an acceptor: after the timeout.
+    app.bind("idle").expect("bind");
+    let started = Instant::now();
+    let e = app
+        .flow_alloc("idle", None, Some(Duration::from_millis(300)))
+        .expect_err("nobody accepts");
+    let took = started.elapsed();
+    assert_eq!(e.code(), Some(ErrorCode::TimedOut), "{e}");
+    assert!(e.to_string().contains("within 300 ms"), "{e}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // An accept waiting forever (on its own connection) blocks nobody.
+    let waiting = {
+        let app = app.clone();
+        std::thread::spawn(move || app.flow_accept(None).map(|f| f.id()))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    for _ in 0..10 {
+        host.assert_serving();
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The waiting accept takes the next flow.
+    let f = app.flow_alloc("idle", None, Some(TIMEOUT)).expect("alloc");
+    assert_eq!(waiting.join().expect("thread").expect("accept"), f.id());
+    // Accepting needs a binding.
+    app.unbind("idle").expect("unbind");
+    let e = app.flow_accept(Some(TIMEOUT)).expect_err("not bound");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    let e = app
+        .flow_accept_for(Some("idle"), Some(TIMEOUT))
+        .expect_err("not bound");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    // An allocation that waits is served by an accept that comes later.
+    app.bind("late").expect("bind");
+    let alloc = {
+        let app = app.clone();
+        std::thread::spawn(move || app.flow_alloc("late", None, Some(TIMEOUT)).map(|f| f.id()))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let accepted = app
+        .flow_accept_for(Some("late"), Some(TIMEOUT))
+        .expect("accept");
+    assert_eq!(alloc.join().expect("thread").expect("alloc"), accepted.id());
 }

@@ -375,6 +375,11 @@ pub struct ProcessExit {
 }
 
 /// Allocate a flow to a name. Answered with [`FlowInfo`].
+///
+/// Today the IRMd makes *direct local flows* only: it hands the caller a flow to a process of
+/// this host accepting for `dst`. A name it does not know fails at once with
+/// [`ErrorCode::NotFound`]; a known name without an accepting process waits up to the timeout
+/// and fails with [`ErrorCode::TimedOut`].
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct FlowAlloc {
     /// Destination name.
@@ -383,7 +388,7 @@ pub struct FlowAlloc {
     /// Requested QoS.
     #[prost(message, optional, tag = "2")]
     pub qos: Option<QosSpec>,
-    /// Give up after this many ms (absent: the IRMd's default).
+    /// Give up after this many ms (absent: the IRMd's default, 20 s).
     #[prost(uint32, optional, tag = "3")]
     pub timeout_ms: Option<u32>,
 }
@@ -625,7 +630,9 @@ pub struct ProgramList {
     pub programs: Vec<ProgramInfo>,
 }
 
-/// One flow.
+/// One flow. In the answer to [`FlowAlloc`] or [`FlowAccept`] the receiver is the `n_pid`
+/// end and `n_1_pid` its peer (for a direct local flow, the peer process itself); in a
+/// [`FlowList`], `n_pid` is the allocating end and `n_1_pid` the accepting one.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct FlowInfo {
     /// System-wide flow id.
@@ -646,6 +653,36 @@ pub struct FlowInfo {
     /// Name of the pool the flow's packets live in.
     #[prost(string, tag = "6")]
     pub pool: String,
+    /// Flow ring (in `pool`) that the `n_pid` end writes: the other end reads it.
+    #[prost(uint32, tag = "7")]
+    pub tx_ring: u32,
+    /// Flow ring (in `pool`) that the `n_pid` end reads: the other end writes it.
+    #[prost(uint32, tag = "8")]
+    pub rx_ring: u32,
+    /// The name the flow was allocated to.
+    #[prost(string, tag = "9")]
+    pub name: String,
+    /// State of the `n_pid` end (in [`FlowList`]; [`EndState::Active`] in an allocation's
+    /// answer).
+    #[prost(enumeration = "EndState", tag = "10")]
+    pub n_state: i32,
+    /// State of the `n_1_pid` end.
+    #[prost(enumeration = "EndState", tag = "11")]
+    pub n_1_state: i32,
+}
+
+/// Where one end of a flow is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum EndState {
+    /// A state this build does not know (never sent).
+    Unspecified = 0,
+    /// The end's process uses the flow.
+    Active = 1,
+    /// The end's process deallocated the flow (or said goodbye).
+    Deallocated = 2,
+    /// The end's process died.
+    Dead = 3,
 }
 
 /// Every flow.

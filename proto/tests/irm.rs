@@ -215,6 +215,11 @@ fn responses_round_trip() {
             mpl: 100,
             qos: Some(QosSpec::default()),
             pool: "o7s.pool".into(),
+            tx_ring: 4,
+            rx_ring: 5,
+            name: "oping".into(),
+            n_state: EndState::Active.into(),
+            n_1_state: EndState::Dead.into(),
         })
         .into(),
     ];

@@ -1,5 +1,6 @@
 //! A blocking IRM client: connect to `<rundir>/irmd.sock`, send requests, await responses by
-//! correlation id. Used by the tests and, later, by the `irm` tool.
+//! correlation id. The application library ([`crate::Client`]) talks to the IRMd through it;
+//! the IRMd's tests and the tools use it directly.
 //!
 //! Requests may be pipelined: [`Client::send`] returns the id at once, and [`Client::wait`]
 //! returns that id's response, keeping any other response that arrives first for its own
@@ -19,7 +20,10 @@ use o7s_proto::irm::{
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The IRMd's socket could not be reached.
-    #[error("cannot connect to the irmd at {}: {source}", path.display())]
+    #[error(
+        "cannot reach the IRMd at {}: is irmd running? set O7S_RUNDIR ({source})",
+        path.display()
+    )]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -63,7 +67,7 @@ pub struct Client {
 impl Client {
     /// Connects to the IRMd of a run directory.
     pub fn connect(rundir: &Path) -> Result<Self, ClientError> {
-        Self::connect_socket(&crate::socket_path(rundir))
+        Self::connect_socket(&crate::rundir::socket_path(rundir))
     }
 
     /// Connects to an IRMd socket.
