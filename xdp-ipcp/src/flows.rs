@@ -85,6 +85,10 @@ pub struct FlowStats {
     pub tx_packets: u64,
     /// SDU bytes sent.
     pub tx_bytes: u64,
+    /// Data frames for this eid that never reached the upper layer: refused by the layer
+    /// (flow not allocated yet, wrong source MAC; not in `rx_packets`) or dropped above it
+    /// after being counted in `rx_packets` (flow ring full, no ring bound).
+    pub rx_dropped: u64,
 }
 
 /// One N+1 flow.
@@ -158,6 +162,14 @@ impl FlowTable {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Every flow with its eid, lowest eid first.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &Flow)> + '_ {
+        self.flows
+            .iter()
+            .enumerate()
+            .filter_map(|(eid, flow)| Some((u16::try_from(eid).ok()?, flow.as_ref()?)))
     }
 }
 

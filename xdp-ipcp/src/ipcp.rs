@@ -16,9 +16,11 @@ use o7s_pool::{Packet, Pool, RingWriter};
 use o7s_proto::MacAddr;
 use o7s_proto::dix::{self, MGMT_EID};
 
-use crate::backend::{self, AnyBackend, Backend, BackendConfig, BackendInfo, BackendStats};
-use crate::flows::EID_END;
-use crate::layer::{self, Config, Layer, RxAction, Transmit};
+use crate::backend::{
+    self, AnyBackend, Backend, BackendConfig, BackendInfo, BackendStats, XskStats,
+};
+use crate::flows::{EID_END, FlowState, FlowStats};
+use crate::layer::{self, Config, DropReason, Layer, RxAction, Transmit};
 use crate::sys::{self, SysError};
 use crate::time::Instant;
 
@@ -126,6 +128,79 @@ pub struct IpcpStats {
     pub sent: u64,
 }
 
+/// One flow's counters in a [`Snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSnapshot {
+    /// Our eid of the flow.
+    pub eid: u16,
+    /// Where the flow stands.
+    pub state: FlowState,
+    /// The peer's MAC.
+    pub remote_mac: MacAddr,
+    /// The peer's eid (0 until known).
+    pub remote_eid: u16,
+    /// Whether a flow ring is bound to it ([`EthIpcp::bind_flow`]).
+    pub bound: bool,
+    /// Packets, bytes and drops.
+    pub stats: FlowStats,
+}
+
+/// Every counter of an [`EthIpcp`] at one moment, from [`EthIpcp::snapshot`]: the mode in
+/// effect, the kernel's AF_XDP socket counters, the XDP program's counters, the backend's,
+/// the layer's (drops by reason, management messages by code) and the data path's, and each
+/// flow's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The backend in effect: AF_XDP native or generic, copy or zero-copy; or AF_PACKET.
+    pub backend: BackendInfo,
+    /// The backend's counters (frames in and out, no buffer, completions, kicks…).
+    pub backend_stats: BackendStats,
+    /// The kernel's AF_XDP socket counters (RX dropped, RX ring full, fill ring empty, TX
+    /// invalid…); `None` for AF_PACKET.
+    pub xsk: Option<XskStats>,
+    /// The steering program's counters (matched, passed, redirect failed, runt); `None` for
+    /// AF_PACKET.
+    pub program: Option<o7s_ebpf::Counters>,
+    /// The layer's counters: drops by [`DropReason`], management messages by code, data.
+    pub layer: layer::Stats,
+    /// The data path's counters: delivered, ring full, no ring, management frames in and out.
+    pub ipcp: IpcpStats,
+    /// Every flow, lowest eid first.
+    pub flows: Vec<FlowSnapshot>,
+}
+
+impl Snapshot {
+    /// The flow `eid`, if it exists.
+    #[must_use]
+    pub fn flow(&self, eid: u16) -> Option<&FlowSnapshot> {
+        self.flows.iter().find(|f| f.eid == eid)
+    }
+
+    /// Management frames received (handed to the layer, whether or not it accepted them).
+    #[must_use]
+    pub fn mgmt_in(&self) -> u64 {
+        self.ipcp.mgmt_rx
+    }
+
+    /// Management frames sent.
+    #[must_use]
+    pub fn mgmt_out(&self) -> u64 {
+        self.ipcp.mgmt_tx
+    }
+
+    /// Frames the layer dropped for `reason`.
+    #[must_use]
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.layer.dropped(reason)
+    }
+
+    /// Whether the AF_XDP sockets run in zero-copy mode.
+    #[must_use]
+    pub fn zero_copy(&self) -> bool {
+        self.backend.zero_copy
+    }
+}
+
 /// What one [`EthIpcp::poll`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -153,7 +228,13 @@ struct RxRun {
 }
 
 impl RxRun {
-    fn flush(&mut self, pool: &Pool, flows: &[Option<RingWriter<'_>>], stats: &mut IpcpStats) {
+    fn flush(
+        &mut self,
+        pool: &Pool,
+        flows: &[Option<RingWriter<'_>>],
+        stats: &mut IpcpStats,
+        layer: &mut Layer,
+    ) {
         if self.len == 0 {
             return;
         }
@@ -179,6 +260,9 @@ impl RxRun {
             }
         };
         stats.delivered += written as u64;
+        if written < run.len() {
+            layer.count_flow_drops(self.eid, (run.len() - written) as u64);
+        }
         for &index in &run[written..] {
             let _ = pool.release(index);
         }
@@ -277,6 +361,39 @@ impl<'p> EthIpcp<'p> {
     #[must_use]
     pub fn stats(&self) -> IpcpStats {
         self.stats
+    }
+
+    /// Every counter at once (see [`Snapshot`]): reads the kernel's AF_XDP socket statistics
+    /// and the XDP program's map (a few system calls) and copies the flow table, so call it
+    /// from the control path, not per packet. The data path itself only increments counters.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if the socket statistics or the program's map cannot be read.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        let flows = self
+            .layer
+            .flows()
+            .map(|(eid, flow)| FlowSnapshot {
+                eid,
+                state: flow.state,
+                remote_mac: flow.remote_mac,
+                remote_eid: flow.remote_eid,
+                bound: self
+                    .flows
+                    .get(usize::from(eid))
+                    .is_some_and(Option::is_some),
+                stats: flow.stats,
+            })
+            .collect();
+        Ok(Snapshot {
+            backend: self.backend.info(),
+            backend_stats: self.backend.stats(),
+            xsk: self.backend.xsk_stats()?,
+            program: self.backend.program_counters()?,
+            layer: *self.layer.stats(),
+            ipcp: self.stats,
+            flows,
+        })
     }
 
     /// The pool.
@@ -417,7 +534,7 @@ impl<'p> EthIpcp<'p> {
                     return;
                 }
                 if run.len == RING_BATCH || (run.len > 0 && run.eid != eid) {
-                    run.flush(pool, flows, stats);
+                    run.flush(pool, flows, stats, layer);
                 }
                 run.eid = eid;
                 run.indices[run.len] = packet.into_index();
@@ -429,7 +546,7 @@ impl<'p> EthIpcp<'p> {
             }
             RxAction::Drop(_) => stats.layer_drops += 1,
         });
-        run.flush(pool, flows, stats);
+        run.flush(pool, flows, stats, layer);
         Ok(received?)
     }
 

@@ -335,8 +335,9 @@ impl Stats {
     }
 }
 
-/// The state of one eth-dix layer (one IPCP on one interface).
-#[derive(Debug)]
+/// The state of one eth-dix layer (one IPCP on one interface). A clone is an independent copy
+/// of the whole state (tests and the fuzz oracle start from a prepared one).
+#[derive(Debug, Clone)]
 pub struct Layer {
     config: Config,
     registry: Registry,
@@ -395,6 +396,20 @@ impl Layer {
     #[must_use]
     pub fn flow_count(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Every flow in any state with its eid, lowest eid first.
+    pub fn flows(&self) -> impl Iterator<Item = (u16, &Flow)> + '_ {
+        self.flows.iter()
+    }
+
+    /// Counts `n` SDUs of flow `eid` that the layer delivered ([`RxAction::Data`]) but that
+    /// were dropped above it (e.g. the flow's ring was full) in the flow's
+    /// [`FlowStats::rx_dropped`]. Does nothing for an unknown eid. Does not allocate.
+    pub fn count_flow_drops(&mut self, eid: u16, n: u64) {
+        if let Some(flow) = self.flows.get_mut(eid) {
+            flow.stats.rx_dropped += n;
+        }
     }
 
     /// Number of outstanding name queries.
@@ -652,9 +667,11 @@ impl Layer {
             return self.drop(DropReason::UnknownEid);
         };
         if flow.state != FlowState::Allocated {
+            flow.stats.rx_dropped += 1;
             return self.drop(DropReason::NotAllocated);
         }
         if flow.remote_mac != src {
+            flow.stats.rx_dropped += 1;
             return self.drop(DropReason::WrongSource);
         }
         flow.stats.rx_packets += 1;

@@ -34,6 +34,8 @@
 pub mod backend;
 pub mod directory;
 pub mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipcp;
 pub mod layer;
 pub mod sys;
@@ -41,9 +43,9 @@ pub mod time;
 
 pub use backend::{
     AnyBackend, Backend, BackendConfig, BackendInfo, BackendKind, BackendStats, ModeChoice,
-    RingSizes, ZeroCopy,
+    RingSizes, XskStats, ZeroCopy,
 };
-pub use ipcp::{Activity, EthIpcp, IpcpConfig, IpcpStats, SendError};
+pub use ipcp::{Activity, EthIpcp, FlowSnapshot, IpcpConfig, IpcpStats, SendError, Snapshot};
 
 pub use directory::{QUERY_TIMEOUT, QueryId};
 pub use flows::{EID_END, EID_MIN, Flow, FlowState, FlowStats};

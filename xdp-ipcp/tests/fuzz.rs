@@ -98,3 +98,37 @@ proptest! {
         feed(&mut p.a, &frame);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The fuzz oracle (`o7s_xdp_ipcp::fuzzing::layer`, also run by `xdp-ipcp/fuzz`): scripts
+    /// of frames, management messages, upper-layer calls and time steps keep every invariant.
+    #[test]
+    fn layer_oracle_holds_on_arbitrary_scripts(
+        script in proptest::collection::vec(any::<u8>(), 0..2000)
+    ) {
+        o7s_xdp_ipcp::fuzzing::layer(&script);
+    }
+}
+
+/// The oracle on a few hand-made scripts that reach deep paths: a data frame from the
+/// allocated flow, a FLOW_REPLY completing the requested flow, the eid table overflowing.
+#[test]
+fn layer_oracle_scripted() {
+    use o7s_xdp_ipcp::DropReason;
+    use o7s_xdp_ipcp::fuzzing::layer;
+    let set_up = layer(&[]);
+    // op 5: data from A's flow 64, 3 bytes.
+    let s = layer(&[5, 0, 3, b'a', b'b', b'c']);
+    assert_eq!(s.data_rx, set_up.data_rx + 1);
+    // op 3: management from A to B, hash choice 2 (A's name), no OAP, FLOW_REPLY (3) with
+    // seid choice 1 (64 + 0) and deid choice 1 (64 + 2 = 66), response choice 0 (success),
+    // no mutation: completes B's requested flow 66.
+    let s = layer(&[3, 1, 0, 2, 0, 3, 1, 0, 1, 2, 0, 3]);
+    assert_eq!(s.mgmt_rx[1], set_up.mgmt_rx[1] + 1);
+    assert_eq!(s.dropped_total(), set_up.dropped_total());
+    // op 6: 255 * 17 FLOW_REQs, more than the 4032 eids; then time passes.
+    let s = layer(&[6, 255, 9, 0x10, 0]);
+    assert_eq!(s.dropped(DropReason::NoEid), 255 * 17 - (4032 - 3));
+}

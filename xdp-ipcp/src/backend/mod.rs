@@ -186,6 +186,36 @@ pub struct BackendStats {
     pub tx_completed: u64,
 }
 
+/// The kernel's counters of the AF_XDP sockets (`getsockopt(XDP_STATISTICS)`), summed over the
+/// backend's sockets. They only grow while the sockets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Received frames the kernel dropped for any reason (e.g. larger than a chunk).
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full (user space did not keep up).
+    pub rx_ring_full: u64,
+    /// Times the kernel wanted a block and found the fill ring empty (the frame was dropped).
+    pub fill_ring_empty: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid: u64,
+    /// Invalid TX descriptors (bad address or length), skipped by the kernel.
+    pub tx_invalid: u64,
+    /// Times the kernel found the TX ring empty when woken.
+    pub tx_ring_empty: u64,
+}
+
+impl XskStats {
+    /// Adds one socket's counters.
+    pub fn add(&mut self, s: &xdpilone::xdp::XdpStatisticsV2) {
+        self.rx_dropped += s.rx_dropped;
+        self.rx_ring_full += s.rx_ring_full;
+        self.fill_ring_empty += s.rx_fill_ring_empty_descs;
+        self.rx_invalid += s.rx_invalid_descs;
+        self.tx_invalid += s.tx_invalid_descs;
+        self.tx_ring_empty += s.tx_ring_empty_descs;
+    }
+}
+
 /// What failed in a backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -298,6 +328,30 @@ macro_rules! dispatch {
             AnyBackend::Packet($b) => $e,
         }
     };
+}
+
+impl AnyBackend<'_> {
+    /// The kernel's AF_XDP socket counters; `None` for AF_PACKET.
+    ///
+    /// # Errors
+    /// [`Error::Xsk`] if `getsockopt(XDP_STATISTICS)` fails.
+    pub fn xsk_stats(&self) -> Result<Option<XskStats>, Error> {
+        match self {
+            AnyBackend::Xdp(x) => x.xsk_stats().map(Some),
+            AnyBackend::Packet(_) => Ok(None),
+        }
+    }
+
+    /// The steering program's counters; `None` for AF_PACKET.
+    ///
+    /// # Errors
+    /// [`Error::Ebpf`] if the program's map cannot be read.
+    pub fn program_counters(&self) -> Result<Option<o7s_ebpf::Counters>, Error> {
+        match self {
+            AnyBackend::Xdp(x) => x.program_counters(),
+            AnyBackend::Packet(_) => Ok(None),
+        }
+    }
 }
 
 impl<'p> Backend<'p> for AnyBackend<'p> {

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 use xdpilone::xdp::{XdpDesc, XdpStatisticsV2};
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, User};
 
-use super::{Backend, BackendConfig, BackendInfo, BackendKind, BackendStats, Error, ZeroCopy};
+use super::{
+    Backend, BackendConfig, BackendInfo, BackendKind, BackendStats, Error, XskStats, ZeroCopy,
+};
 use crate::sys::{self, Kick, PoolUmem};
 
 /// Descriptors queued in user space before they go on the TX ring.
@@ -347,6 +349,22 @@ impl<'p> XdpBackend<'p> {
             .iter()
             .filter_map(|q| q.user.statistics_v2().ok().map(|s| (q.queue, s)))
             .collect()
+    }
+
+    /// The kernel's per-socket counters summed over every queue's socket (read with
+    /// `XDP_STATISTICS` on each device queue).
+    ///
+    /// # Errors
+    /// [`Error::Xsk`] (step `"statistics"`) if a `getsockopt` fails.
+    pub fn xsk_stats(&self) -> Result<XskStats, Error> {
+        let mut sum = XskStats::default();
+        if let Some(live) = &self.live {
+            for q in &live.queues {
+                let s = q.device.statistics_v2().map_err(Error::xsk("statistics"))?;
+                sum.add(&s);
+            }
+        }
+        Ok(sum)
     }
 
     /// The steering program's counters.
