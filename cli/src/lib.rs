@@ -1,3 +1,5 @@
-//! The irm operator CLI and the oping/operf tools.
-//!
-//! Not implemented yet: see the open issues.
+//! The o7s tools: `oping` today (see [`oping`]); the `irm` operator CLI and `operf` are not
+//! implemented yet.
+#![forbid(unsafe_code)]
+
+pub mod oping;
