@@ -17,6 +17,13 @@ use std::time::Duration;
 
 use o7s::{Client, Error, Flow};
 
+/// Prints a line to stdout, ignoring a closed stdout (`oping | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Bytes of the message header.
 pub const HEADER_LEN: usize = 24;
 /// Message type of a request.
@@ -167,11 +174,11 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
     let size = opts.size.clamp(MIN_SIZE, MAX_SIZE);
     if !opts.quiet {
         match opts.count {
-            Some(c) => println!(
+            Some(c) => out!(
                 "Pinging {} with {size} bytes of data ({c} packets):\n",
                 opts.name
             ),
-            None => println!("Pinging {} with {size} bytes of data:\n", opts.name),
+            None => out!("Pinging {} with {size} bytes of data:\n", opts.name),
         }
     }
     let sent = Arc::new(AtomicU32::new(0));
@@ -187,7 +194,7 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
                 let id = sent.load(Ordering::Relaxed);
                 encode(&mut buf, ECHO_REQUEST, id, monotonic());
                 if let Err(e) = flow.write(&buf) {
-                    println!("Failed to send SDU {id}: {e}");
+                    out!("Failed to send SDU {id}: {e}");
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -202,30 +209,30 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
         let n = match flow.read(&mut buf) {
             Ok(n) => n,
             Err(Error::TimedOut { .. }) => {
-                println!("Server timed out.");
+                out!("Server timed out.");
                 break;
             }
             Err(Error::BufferTooSmall { need, .. }) => {
-                println!("Dropping an oversized message of {need} bytes.");
+                out!("Dropping an oversized message of {need} bytes.");
                 let _ = flow.read_packet();
                 continue;
             }
             Err(e) => {
-                println!("Flow ended: {e}.");
+                out!("Flow ended: {e}.");
                 break;
             }
         };
         let now = monotonic();
         let Some((kind, id, (sec, nsec))) = decode(&buf[..n]) else {
-            println!("Invalid message of {n} bytes.");
+            out!("Invalid message of {n} bytes.");
             continue;
         };
         if kind != ECHO_REPLY {
-            println!("Invalid message type {kind}.");
+            out!("Invalid message type {kind}.");
             continue;
         }
         if id >= count {
-            println!("Invalid id {id}.");
+            out!("Invalid id {id}.");
             continue;
         }
         let rtt_ns = (i128::from(now.0) - i128::from(sec)) * 1_000_000_000 + i128::from(now.1)
@@ -239,7 +246,7 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
             expected = id + 1;
         }
         if !opts.quiet {
-            println!(
+            out!(
                 "{n} bytes from {}: seq={id} time={}{}",
                 opts.name,
                 format_rtt(ms),
@@ -251,8 +258,8 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
     let _ = writer.join();
     let elapsed = started.elapsed();
     let sent = sent.load(Ordering::Relaxed);
-    println!("\n--- {} ping statistics ---", opts.name);
-    println!(
+    out!("\n--- {} ping statistics ---", opts.name);
+    out!(
         "{sent} packets transmitted, {} received, {:.0}% packet loss, {} out-of-order, time: {:.3} ms",
         stats.received,
         stats.loss(sent),
@@ -263,9 +270,11 @@ pub fn client(opts: &ClientOptions) -> Result<(u32, Stats), String> {
         let mdev = stats
             .mdev()
             .map_or_else(|| "NaN".to_owned(), |d| format!("{d:.3}"));
-        println!(
+        out!(
             "rtt min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{mdev} ms",
-            stats.min, stats.avg, stats.max
+            stats.min,
+            stats.avg,
+            stats.max
         );
     }
     let _ = std::io::stdout().flush();
@@ -278,7 +287,7 @@ pub fn server(name: &str, quiet: bool) -> Result<(), String> {
     let irm = Client::connect().map_err(|e| e.to_string())?;
     irm.bind(name)
         .map_err(|e| format!("cannot bind to {name:?}: {e}"))?;
-    println!(
+    out!(
         "Ouroboros ping server listening on {name:?} (pid {}).",
         irm.pid()
     );
@@ -288,7 +297,7 @@ pub fn server(name: &str, quiet: bool) -> Result<(), String> {
             .flow_accept(None)
             .map_err(|e| format!("cannot accept flows: {e}"))?;
         if !quiet {
-            println!(
+            out!(
                 "New flow {} from pid {} ({:?}).",
                 flow.id(),
                 flow.peer_pid(),
@@ -321,7 +330,7 @@ fn echo(flow: &Flow) {
             _ => continue,
         }
     };
-    println!("Flow {} (pid {}) {why}.", flow.id(), flow.peer_pid());
+    out!("Flow {} (pid {}) {why}.", flow.id(), flow.peer_pid());
     let _ = std::io::stdout().flush();
 }
 

@@ -603,11 +603,11 @@ fn a_dead_process_is_forgotten() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Its blocks go back to the free lists.
+    // Its blocks go back to the free lists. The IRMd forgets the process before it reclaims
+    // (so no new flow can reach a dead pid), so until then verify reports its blocks.
     loop {
         let report = pool.verify();
-        assert!(report.is_ok(), "{report:?}");
-        if report.owned == 0 && report.cached == 0 {
+        if report.is_ok() && report.owned == 0 && report.cached == 0 {
             break;
         }
         assert!(
