@@ -2,7 +2,8 @@
 //! property tests of `tests/fuzz.rs`. Not part of the API.
 //!
 //! [`layer`] sets up two layers, A and B, by a scripted exchange (names registered on both
-//! sides, a resolved query, flows of B in every state: allocated, arrived, requested), then
+//! sides, a resolved query, flows of B in every state: allocated, arrived, requested; or, in
+//! the crowded variant, B's eids nearly all taken), then
 //! reads the input as a script of operations on B: raw frames, frames with a well-formed DIX
 //! header and arbitrary payload, management messages built from the input, data frames from A's
 //! allocated flow, upper-layer calls (accept, refuse, dealloc, alloc, query, register) and the
@@ -204,12 +205,46 @@ fn set_up() -> (Layer, Layer) {
     (a, b)
 }
 
+/// A FLOW_REQ from A for B's second name (seid 100).
+fn flow_req_frame() -> Vec<u8> {
+    let msg = MgmtMsg::FlowReq {
+        seid: 100,
+        qos: QosSpec::default(),
+        hash: &B_NAMES[1],
+        oap: &[],
+    };
+    let payload = mgmt_payload(&msg);
+    let field = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+    frame(B, A, dix::DEFAULT_ETHERTYPE, MGMT_EID, field, &payload)
+}
+
+/// [`set_up`], then B accepts FLOW_REQs until only [`CROWDED_FREE`] eids are left (the arrived
+/// flows stay arrived).
+fn set_up_crowded() -> (Layer, Layer) {
+    let (a, mut b) = set_up();
+    let f = flow_req_frame();
+    while usize::from(EID_END - EID_MIN) - b.flow_count() > CROWDED_FREE {
+        let action = b.handle_rx(&f, Instant::ZERO);
+        assert!(
+            matches!(action, RxAction::Mgmt { .. }),
+            "set-up: {action:?}"
+        );
+    }
+    while b.poll_event().is_some() {}
+    (a, b)
+}
+
+/// Eids left free by the crowded set-up.
+pub const CROWDED_FREE: usize = 2;
+
 /// Running totals of what B was fed and what it did with it.
 #[derive(Debug, Default)]
 struct Totals {
     fed: u64,
     data: u64,
     mgmt: u64,
+    /// B's drops before the script (none so far, but the sum must not depend on it).
+    base_drops: u64,
 }
 
 /// Feeds `frame` to `b` and checks the classification against the counters.
@@ -271,7 +306,7 @@ fn check(b: &mut Layer, totals: &Totals, scan_flows: bool) {
     let s = b.stats();
     assert_eq!(
         totals.fed,
-        totals.data + totals.mgmt + s.dropped_total(),
+        totals.data + totals.mgmt + s.dropped_total() - totals.base_drops,
         "frames fed = data + management + drops ({totals:?}, {s:?})"
     );
     while let Some(t) = b.poll_transmit() {
@@ -314,12 +349,23 @@ fn check(b: &mut Layer, totals: &Totals, scan_flows: bool) {
 
 /// The oracle: runs the script `data` against a set-up layer and panics if an invariant
 /// breaks. Returns B's counters at the end (set-up included).
+///
+/// The first byte picks the set-up: odd, the crowded one (all but [`CROWDED_FREE`] eids of B
+/// taken by arrived flows), else the plain one. The rest is the script.
 pub fn layer(data: &[u8]) -> Stats {
-    static SET_UP: OnceLock<(Layer, Layer)> = OnceLock::new();
-    let (mut a, mut b) = SET_UP.get_or_init(set_up).clone();
+    static PLAIN: OnceLock<(Layer, Layer)> = OnceLock::new();
+    static CROWDED: OnceLock<(Layer, Layer)> = OnceLock::new();
     let mut input = Input { data };
+    let (mut a, mut b) = if input.u8() % 2 == 1 {
+        CROWDED.get_or_init(set_up_crowded).clone()
+    } else {
+        PLAIN.get_or_init(set_up).clone()
+    };
     let mut now = Instant::from_millis(1);
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        base_drops: b.stats().dropped_total(),
+        ..Totals::default()
+    };
     let ethertype = b.config().ethertype;
     for _ in 0..MAX_OPS {
         if input.is_empty() {
@@ -415,19 +461,11 @@ pub fn layer(data: &[u8]) -> Stats {
                     feed(&mut b, &f, now, &mut totals);
                 }
             }
-            // Many FLOW_REQs at once (up to more than all eids): the NoEid path.
+            // A few FLOW_REQs in a row: on the crowded set-up, the last free eids go and then
+            // the NoEid path refuses.
             6 => {
-                let count = usize::from(input.u8()) * 17;
-                let msg = MgmtMsg::FlowReq {
-                    seid: 100,
-                    qos: QosSpec::default(),
-                    hash: &B_NAMES[1],
-                    oap: &[],
-                };
-                let payload = mgmt_payload(&msg);
-                let field = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-                let f = frame(B, A, ethertype, MGMT_EID, field, &payload);
-                for _ in 0..count {
+                let f = flow_req_frame();
+                for _ in 0..input.u8() % 16 {
                     feed(&mut b, &f, now, &mut totals);
                 }
             }

@@ -119,16 +119,20 @@ fn layer_oracle_scripted() {
     use o7s_xdp_ipcp::DropReason;
     use o7s_xdp_ipcp::fuzzing::layer;
     let set_up = layer(&[]);
-    // op 5: data from A's flow 64, 3 bytes.
-    let s = layer(&[5, 0, 3, b'a', b'b', b'c']);
+    // Set-up 0 (plain). op 5: data from A's flow 64, 3 bytes.
+    let s = layer(&[0, 5, 0, 3, b'a', b'b', b'c']);
     assert_eq!(s.data_rx, set_up.data_rx + 1);
     // op 3: management from A to B, hash choice 2 (A's name), no OAP, FLOW_REPLY (3) with
     // seid choice 1 (64 + 0) and deid choice 1 (64 + 2 = 66), response choice 0 (success),
     // no mutation: completes B's requested flow 66.
-    let s = layer(&[3, 1, 0, 2, 0, 3, 1, 0, 1, 2, 0, 3]);
+    let s = layer(&[0, 3, 1, 0, 2, 0, 3, 1, 0, 1, 2, 0, 3]);
     assert_eq!(s.mgmt_rx[1], set_up.mgmt_rx[1] + 1);
     assert_eq!(s.dropped_total(), set_up.dropped_total());
-    // op 6: 255 * 17 FLOW_REQs, more than the 4032 eids; then time passes.
-    let s = layer(&[6, 255, 9, 0x10, 0]);
-    assert_eq!(s.dropped(DropReason::NoEid), 255 * 17 - (4032 - 3));
+    // Set-up 1 (crowded). op 6: 5 FLOW_REQs take the 2 free eids, then 3 are refused; then
+    // time passes.
+    let s = layer(&[1, 6, 5, 9, 0x10, 0]);
+    assert_eq!(
+        s.dropped(DropReason::NoEid),
+        5 - o7s_xdp_ipcp::fuzzing::CROWDED_FREE as u64
+    );
 }
