@@ -337,8 +337,9 @@ fn crash_and_restart(test: &str, mode: &str) {
         let killed = layer.kill();
         assert_no_xdp(&ns, &iface);
         reclaim_after_death(&tp, pid, xdp);
-        let sent = flood.stop();
+        let checked = killed.elapsed();
 
+        // The flood goes on while the new instance starts (it drops the old flow's frames).
         let mut next = LayerProcess::spawn(&ns, &iface, &tp.name, mode);
         next.wait_ready(mode, killed + RESTART_WITHIN);
         let restart = killed.elapsed();
@@ -346,9 +347,11 @@ fn crash_and_restart(test: &str, mode: &str) {
         if xdp {
             assert_xdp(&ns, &iface);
         }
+        let sent = flood.stop();
         eprintln!(
-            "{test}: round {round}: killed pid {pid} during a flood ({sent} SDUs sent), \
-             new instance ready {restart:.2?} after the kill"
+            "{test}: round {round}: killed pid {pid} during a flood ({sent} SDUs sent); \
+             reclaimed and checked {checked:.2?} after the kill, new instance ready \
+             {restart:.2?} after the kill"
         );
         layer = next;
     }
