@@ -472,11 +472,22 @@ impl Pool {
         }
         let mut blocks = cache.blocks.lock().unwrap_or_else(|e| e.into_inner());
         if blocks.is_empty() {
-            // Refill half the cache.
-            for _ in 0..cache.capacity / 2 {
-                match self.pop_any(c, Place::Cached { pid: self.pid }) {
-                    Some(index) => blocks.push(index),
-                    None => break,
+            // Refill half the cache, one lock per shard visited.
+            let want = cache.capacity / 2;
+            let shards = self.layout.config.shards;
+            let home = self.pid % shards;
+            for k in 0..shards {
+                self.pop_each(
+                    c,
+                    (home + k) % shards,
+                    Place::Cached { pid: self.pid },
+                    |index| {
+                        blocks.push(index);
+                        blocks.len() < want
+                    },
+                );
+                if blocks.len() >= want {
+                    break;
                 }
             }
         }
@@ -513,9 +524,8 @@ impl Pool {
         blocks.push(older);
         if blocks.len() > cache.capacity {
             let keep = cache.capacity / 2;
-            for index in blocks.drain(keep..) {
-                let _ = self.push_free(index, cached);
-            }
+            self.push_free_all(c, &mut blocks[keep..], cached);
+            blocks.truncate(keep);
         }
         true
     }
@@ -524,12 +534,14 @@ impl Pool {
     /// does this too).
     pub fn flush_caches(&self) {
         let cached = DescWord::new(Place::Cached { pid: self.pid }).encode();
-        for cache in &self.caches {
+        for (c, cache) in self.caches.iter().enumerate() {
             let mut blocks = cache.blocks.lock().unwrap_or_else(|e| e.into_inner());
             let hot = cache.hot.swap(NO_BLOCK, Ordering::AcqRel);
-            for index in blocks.drain(..).chain((hot != NO_BLOCK).then_some(hot)) {
-                let _ = self.push_free(index, cached);
+            if hot != NO_BLOCK {
+                blocks.push(hot);
             }
+            self.push_free_all(c, &mut blocks, cached);
+            blocks.clear();
         }
     }
 
@@ -540,10 +552,21 @@ impl Pool {
     }
 
     fn pop(&self, c: usize, s: u32, to: Place) -> Option<u32> {
+        let mut got = None;
+        self.pop_each(c, s, to, |index| {
+            got = Some(index);
+            false
+        });
+        got
+    }
+
+    /// Pops blocks from shard `s` of class `c` under one lock, marking each `to`, and hands them
+    /// to `sink` until it returns false or the shard is empty.
+    fn pop_each(&self, c: usize, s: u32, to: Place, mut sink: impl FnMut(u32) -> bool) {
         let class = &self.layout.classes[c];
         let shard = self.shard(c, s);
         if shard.count.load(Ordering::Relaxed) == 0 {
-            return None; // a racy peek that saves a lock on an empty shard
+            return; // a racy peek that saves a lock on an empty shard
         }
         let _guard = self.lock_shard(c, s);
         let free = DescWord::new(Place::Free { shard: s }).encode();
@@ -551,7 +574,7 @@ impl Pool {
         loop {
             let n = shard.count.load(Ordering::Relaxed);
             if n == 0 {
-                return None;
+                return;
             }
             let index = self.stack_slot(class, s, n - 1).load(Ordering::Relaxed);
             // The descriptor changes first: a crash before the count update is repaired from
@@ -564,8 +587,8 @@ impl Pool {
                     .compare_exchange(free, owned, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok();
             shard.count.store(n - 1, Ordering::Relaxed);
-            if taken {
-                return Some(index);
+            if taken && !sink(index) {
+                return;
             }
             // A stack entry that disagrees with its descriptor was scribbled on: drop it, the
             // next repair rebuilds the stack from the descriptors.
@@ -580,27 +603,69 @@ impl Pool {
         let s = class.shard_of(index);
         {
             let _guard = self.lock_shard(c, s);
-            let free = DescWord::new(Place::Free { shard: s }).encode();
-            self.desc(index).word.compare_exchange(
-                expected,
-                free,
-                Ordering::Release,
-                Ordering::Relaxed,
-            )?;
-            let shard = self.shard(c, s);
-            let n = shard.count.load(Ordering::Relaxed);
-            if n < class.stack_capacity {
-                self.stack_slot(class, s, n).store(index, Ordering::Relaxed);
-                shard.count.store(n + 1, Ordering::Relaxed);
+            self.push_locked(c, s, index, expected)?;
+        }
+        self.wake_allocators();
+        Ok(())
+    }
+
+    /// Frees blocks of class `c` that all read `expected`, taking each shard's lock once per run
+    /// of blocks with the same home (the slice is reordered by home shard).
+    fn push_free_all(&self, c: usize, indices: &mut [u32], expected: u64) {
+        let class = &self.layout.classes[c];
+        indices.sort_unstable_by_key(|&i| {
+            if class.contains(i) {
+                class.shard_of(i)
+            } else {
+                u32::MAX
+            }
+        });
+        for run in indices.chunk_by(|&a, &b| class.shard_of(a) == class.shard_of(b)) {
+            let Some(&first) = run.first() else { continue };
+            if !class.contains(first) {
+                continue;
+            }
+            let s = class.shard_of(first);
+            let _guard = self.lock_shard(c, s);
+            for &index in run {
+                let _ = self.push_locked(c, s, index, expected);
             }
         }
+        self.wake_allocators();
+    }
+
+    /// With shard `s`'s lock held: marks `index` free if it reads `expected`, and stacks it.
+    fn push_locked(
+        &self,
+        c: usize,
+        s: u32,
+        index: u32,
+        expected: u64,
+    ) -> std::result::Result<(), u64> {
+        let class = &self.layout.classes[c];
+        let free = DescWord::new(Place::Free { shard: s }).encode();
+        self.desc(index).word.compare_exchange(
+            expected,
+            free,
+            Ordering::Release,
+            Ordering::Relaxed,
+        )?;
+        let shard = self.shard(c, s);
+        let n = shard.count.load(Ordering::Relaxed);
+        if n < class.stack_capacity {
+            self.stack_slot(class, s, n).store(index, Ordering::Relaxed);
+            shard.count.store(n + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn wake_allocators(&self) {
         let h = self.header();
         fence(Ordering::SeqCst);
         if h.free_waiters.load(Ordering::SeqCst) != 0 {
             h.free_seq.fetch_add(1, Ordering::SeqCst);
             sys::futex_wake_all(&h.free_seq);
         }
-        Ok(())
     }
 
     // ---- references ------------------------------------------------------------------------
