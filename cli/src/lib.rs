@@ -1,5 +1,7 @@
-//! The o7s tools: `oping` today (see [`oping`]); the `irm` operator CLI and `operf` are not
-//! implemented yet.
+//! The o7s tools: the `irm` operator CLI (see [`irm`]), `oping` (see [`oping`]) and `operf`
+//! (see [`operf`]).
 #![forbid(unsafe_code)]
 
+pub mod irm;
+pub mod operf;
 pub mod oping;
