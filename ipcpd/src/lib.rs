@@ -1,3 +1,16 @@
-//! The IPCP runtime and the local, unicast, broadcast and udp IPC processes.
+//! The IPCP runtime and the IPC processes built on it.
 //!
-//! Not implemented yet: see the open issues.
+//! * [`runtime`]: what every IPCP daemon shares — the control connection to the IRMd (connect,
+//!   [`IpcpHello`](o7s_proto::irm::IpcpHello), the dispatch of the IRMd's requests to a
+//!   [`runtime::Handler`], requests of its own such as `FlowReqArrived`), and the N+1 flow
+//!   plumbing: relaying SDUs between pool rings by block index, without a copy
+//!   ([`runtime::relay`]).
+//! * [`local`]: the local IPCP (`ipcpd-local`): a layer confined to this host, joining an
+//!   allocating application's flow to the accepting application's flow inside the IPCP.
+//!
+//! Not yet: the unicast, broadcast and UDP IPCPs.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod local;
+pub mod runtime;

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use crate::flows::{AcceptWait, AllocWait, FlowTable};
 use o7s_proto::irm::{
-    ErrorCode, IpcpList, LbPolicy, MAX_NAME_LEN, NameInfo, NameList, ProcessInfo, ProcessList,
-    ProgramInfo, ProgramList, RegisterTarget,
+    ErrorCode, HashAlgo, IpcpInfo, IpcpList, IpcpState, IpcpType, LbPolicy, MAX_NAME_LEN, NameInfo,
+    NameList, ProcessInfo, ProcessList, ProgramInfo, ProgramList, RegisterTarget,
 };
 
 /// Longest program path or argument accepted.
@@ -136,13 +136,35 @@ pub struct Process {
     pub generation: u64,
 }
 
-/// An IPCP known to the IRMd. IPCP spawning is not implemented yet, so the table stays empty.
+/// An IPCP known to the IRMd: a process it spawned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ipcp {
     /// Its pid.
     pub pid: u32,
+    /// Its type.
+    pub ipcp_type: IpcpType,
+    /// Where it is in its life.
+    pub state: IpcpState,
     /// Its layer, once bootstrapped or enrolled.
     pub layer: Option<String>,
+    /// Its layer's hash algorithm.
+    pub hash: HashAlgo,
+    /// Names registered in it, by hash.
+    pub registered: BTreeMap<Vec<u8>, String>,
+}
+
+impl Ipcp {
+    /// A just-spawned IPCP.
+    pub fn new(pid: u32, ipcp_type: IpcpType) -> Self {
+        Self {
+            pid,
+            ipcp_type,
+            state: IpcpState::Booting,
+            layer: None,
+            hash: HashAlgo::Sha3_256,
+            registered: BTreeMap::new(),
+        }
+    }
 }
 
 /// The registry.
@@ -203,50 +225,71 @@ impl Registry {
         }
     }
 
-    /// Checks a registration target. Registering needs the IPCP's control channel, which does
-    /// not exist yet, so a target that exists is refused as not supported.
-    pub fn register_name(
-        &mut self,
-        name: &str,
-        target: Option<&RegisterTarget>,
-    ) -> Result<(), Refusal> {
-        self.check_registration("registration", name, target)
-    }
-
-    /// Checks an unregistration target; like [`Registry::register_name`], not supported yet
-    /// once the target exists.
-    pub fn unregister_name(
-        &mut self,
-        name: &str,
-        target: Option<&RegisterTarget>,
-    ) -> Result<(), Refusal> {
-        self.check_registration("unregistration", name, target)
-    }
-
-    fn check_registration(
+    /// The IPCPs a (un)registration targets: the named IPCP, or every IPCP of the layer. Each
+    /// must be operational (bootstrapped), since the name is hashed with its layer's algorithm.
+    /// Returns (IPCP name, pid, hash algorithm).
+    pub fn registration_targets(
         &self,
         what: &str,
         name: &str,
         target: Option<&RegisterTarget>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<(String, u32, HashAlgo)>, Refusal> {
         check_name("name", name)?;
-        match target {
-            None => Err(Refusal::invalid(format!("{what} without an IPCP or layer"))),
-            Some(RegisterTarget::Ipcp(ipcp)) if !self.ipcps.contains_key(ipcp) => {
-                Err(Refusal::not_found(format!("no IPCP named {ipcp:?}")))
-            }
-            Some(RegisterTarget::Layer(layer))
-                if !self
+        let chosen: Vec<(&String, &Ipcp)> = match target {
+            None => return Err(Refusal::invalid(format!("{what} without an IPCP or layer"))),
+            Some(RegisterTarget::Ipcp(ipcp)) => {
+                let i = self
                     .ipcps
-                    .values()
-                    .any(|i| i.layer.as_deref() == Some(layer.as_str())) =>
-            {
-                Err(Refusal::not_found(format!("no IPCP in layer {layer:?}")))
+                    .get_key_value(ipcp)
+                    .ok_or_else(|| Refusal::not_found(format!("no IPCP named {ipcp:?}")))?;
+                vec![i]
             }
-            Some(_) => Err(Refusal::new(
-                ErrorCode::NotSupported,
-                format!("name {what} in IPCPs is not implemented yet (issue 4)"),
-            )),
+            Some(RegisterTarget::Layer(layer)) => {
+                let v: Vec<_> = self
+                    .ipcps
+                    .iter()
+                    .filter(|(_, i)| i.layer.as_deref() == Some(layer.as_str()))
+                    .collect();
+                if v.is_empty() {
+                    return Err(Refusal::not_found(format!("no IPCP in layer {layer:?}")));
+                }
+                v
+            }
+        };
+        chosen
+            .into_iter()
+            .map(|(n, i)| {
+                if i.state != IpcpState::Operational {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("IPCP {n:?} is not bootstrapped: no layer to {what} {name:?} in"),
+                    ));
+                }
+                Ok((n.clone(), i.pid, i.hash))
+            })
+            .collect()
+    }
+
+    /// Records that `name` (created, spillover, if needed) is registered in IPCP `ipcp` under
+    /// `hash`.
+    pub fn add_registration(&mut self, name: &str, ipcp: &str, hash: Vec<u8>) {
+        if let Some(i) = self.ipcps.get_mut(ipcp) {
+            i.registered.insert(hash, name.to_owned());
+            self.names
+                .entry(name.to_owned())
+                .or_insert_with(|| Name::new(LbPolicy::Spillover))
+                .ipcps
+                .insert(ipcp.to_owned());
+        }
+    }
+
+    /// Forgets a registration of `name` in `ipcp`.
+    pub fn remove_registration(&mut self, name: &str, ipcp: &str) {
+        if let Some(i) = self.ipcps.get_mut(ipcp) {
+            i.registered.retain(|_, n| n != name);
+        }
+        if let Some(n) = self.names.get_mut(name) {
+            n.ipcps.remove(ipcp);
         }
     }
 
@@ -485,7 +528,70 @@ impl Registry {
 
     /// Every IPCP (none until IPCP spawning exists).
     pub fn list_ipcps(&self) -> IpcpList {
-        IpcpList { ipcps: Vec::new() }
+        IpcpList {
+            ipcps: self
+                .ipcps
+                .iter()
+                .map(|(name, i)| IpcpInfo {
+                    pid: i.pid,
+                    ipcp_type: i.ipcp_type.into(),
+                    name: name.clone(),
+                    layer: i.layer.clone(),
+                    hash: i.hash.into(),
+                    state: i.state.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records a spawned IPCP; refuses a name in use.
+    pub fn add_ipcp(&mut self, name: &str, ipcp: Ipcp) -> Result<(), Refusal> {
+        check_name("IPCP name", name)?;
+        if self.ipcps.contains_key(name) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyExists,
+                format!("an IPCP named {name:?} exists already"),
+            ));
+        }
+        self.ipcps.insert(name.to_owned(), ipcp);
+        Ok(())
+    }
+
+    /// The IPCP, to change it.
+    pub fn ipcp_mut(&mut self, name: &str) -> Option<&mut Ipcp> {
+        self.ipcps.get_mut(name)
+    }
+
+    /// Forgets the IPCP of process `pid` and every name registered in it; returns its name.
+    pub fn remove_ipcp_pid(&mut self, pid: u32) -> Option<(String, Ipcp)> {
+        let name = self.ipcp_by_pid(pid)?.0.to_owned();
+        let ipcp = self.ipcps.remove(&name)?;
+        for n in self.names.values_mut() {
+            n.ipcps.remove(&name);
+        }
+        Some((name, ipcp))
+    }
+
+    /// The operational IPCPs a name is registered in, in the reference's order (type, pid):
+    /// (IPCP name, pid, hash algorithm).
+    pub fn ipcps_of_name(&self, name: &str) -> Vec<(String, u32, HashAlgo)> {
+        let Some(n) = self.names.get(name) else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = n
+            .ipcps
+            .iter()
+            .filter_map(|i| self.ipcps.get(i).map(|x| (i, x)))
+            .filter(|(_, x)| x.state == IpcpState::Operational)
+            .map(|(i, x)| (x.ipcp_type, x.pid, i.clone(), x.hash))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, pid, i, h)| (i, pid, h)).collect()
+    }
+
+    /// The name registered in IPCP `pid` under `hash`.
+    pub fn name_of_hash(&self, pid: u32, hash: &[u8]) -> Option<String> {
+        self.ipcp_by_pid(pid)?.1.registered.get(hash).cloned()
     }
 }
 
@@ -534,7 +640,14 @@ mod test {
         assert_eq!(code(r.bind_process(5, "a")), ErrorCode::NotFound);
         assert_eq!(code(r.unbind_program("/x", None)), ErrorCode::NotFound);
         assert_eq!(
-            code(r.register_name("a", Some(&RegisterTarget::Ipcp("i".into())))),
+            code(
+                r.registration_targets(
+                    "registration",
+                    "a",
+                    Some(&RegisterTarget::Ipcp("i".into()))
+                )
+                .map(drop)
+            ),
             ErrorCode::NotFound
         );
         assert!(r.list_names().names.is_empty(), "nothing was created");

@@ -40,6 +40,11 @@ use crate::flows::{Flow, Side};
 use crate::lock::{LockError, Lockfile};
 use crate::registry::{Refusal, Registry, check_name};
 
+mod ipcps;
+
+pub use ipcps::{CONTROL_TIMEOUT, HELLO_TIMEOUT, TERM_GRACE};
+use ipcps::{Link, Proc};
+
 /// Most requests one connection may have in flight.
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Responses queued for one connection's writer.
@@ -146,6 +151,11 @@ struct State {
     waiters: Mutex<HashMap<u64, Waiter>>,
     /// Numbers the connections, so a closed one's waiting requests can be withdrawn.
     next_conn: AtomicU64,
+    /// The run directory (spawned IPCPs are told it).
+    rundir: PathBuf,
+    /// Spawned IPCP processes by pid: the child to reap and the control link. Locked after
+    /// the registry, never while awaiting.
+    procs: Mutex<HashMap<u32, Proc>>,
 }
 
 /// The answer to a waiting `FlowAccept` or `FlowAlloc`.
@@ -162,6 +172,12 @@ impl State {
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<u32, (u64, AbortHandle)>> {
         self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn procs(&self) -> MutexGuard<'_, HashMap<u32, Proc>> {
+        self.procs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -250,6 +266,8 @@ impl Irmd {
             }
         };
         info!(socket = %socket.display(), pid = std::process::id(), "irmd listening");
+        let rundir =
+            std::path::absolute(&options.rundir).unwrap_or_else(|_| options.rundir.clone());
         Ok(Self {
             options,
             lock,
@@ -260,6 +278,8 @@ impl Irmd {
                 watchers: Mutex::new(HashMap::new()),
                 waiters: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
+                rundir,
+                procs: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -293,6 +313,7 @@ impl Irmd {
     }
 
     fn shutdown(self) {
+        ipcps::terminate_all(&self.state);
         let socket = crate::socket_path(&self.options.rundir);
         if let Err(e) = std::fs::remove_file(&socket) {
             warn!(socket = %socket.display(), "cannot remove socket: {e}");
@@ -328,6 +349,8 @@ async fn serve_connection(state: Arc<State>, stream: UnixStream) {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_responses(wr, rx));
+    // Requests the IRMd sends on this connection (if it is an IPCP's) and their answers.
+    let link = Arc::new(Link::new(tx.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; READ_CHUNK];
@@ -362,13 +385,16 @@ async fn serve_connection(state: Arc<State>, stream: UnixStream) {
             };
             let request = match envelope.body {
                 Some(Body::Request(r)) => r,
-                Some(Body::Response(_)) => {
+                Some(Body::Response(r)) => {
+                    if link.deliver(envelope.id, r) {
+                        continue;
+                    }
                     let _ = tx
                         .send(Envelope::response(
                             envelope.id,
                             Response::error(
                                 ErrorCode::BadRequest,
-                                "clients send requests, not responses",
+                                "a response to no request of the irmd",
                             ),
                         ))
                         .await;
@@ -389,9 +415,10 @@ async fn serve_connection(state: Arc<State>, stream: UnixStream) {
             };
             let state = state.clone();
             let tx = tx.clone();
+            let link = link.clone();
             tokio::spawn(async move {
                 let id = envelope.id;
-                let response = handle(&state, peer, conn, request).await;
+                let response = handle(&state, peer, conn, &link, request).await;
                 let _ = tx.send(Envelope::response(id, response)).await;
                 drop(permit);
             });
@@ -399,6 +426,7 @@ async fn serve_connection(state: Arc<State>, stream: UnixStream) {
     }
     // Nobody is left to hear about a flow this connection waits for.
     cancel_waits(&state, |t| t.cancel_conn(conn));
+    link.close();
     drop(tx);
     let _ = writer.await;
     debug!(?peer_pid, conn, "client disconnected");
@@ -441,14 +469,20 @@ fn encode_response(envelope: &Envelope, out: &mut Vec<u8>) {
 }
 
 /// Answers one request.
-async fn handle(state: &Arc<State>, peer: Option<UCred>, conn: u64, request: Request) -> Response {
+async fn handle(
+    state: &Arc<State>,
+    peer: Option<UCred>,
+    conn: u64,
+    link: &Arc<Link>,
+    request: Request,
+) -> Response {
     let name = request.name();
     let result = match request.kind {
         None => Err(Refusal::new(
             ErrorCode::BadRequest,
             "request without a kind",
         )),
-        Some(kind) => dispatch(state, peer, conn, kind).await,
+        Some(kind) => dispatch(state, peer, conn, link, kind).await,
     };
     match result {
         Ok(r) => r,
@@ -470,45 +504,23 @@ async fn dispatch(
     state: &Arc<State>,
     peer: Option<UCred>,
     conn: u64,
+    link: &Arc<Link>,
     kind: RequestKind,
 ) -> Result<Response, Refusal> {
     let ok = |r: Result<(), Refusal>| r.map(|()| Response::ok());
     match kind {
-        RequestKind::CreateIpcp(r) => {
-            check_name("IPCP name", &r.name)?;
-            not_implemented("IPCP creation")
-        }
-        RequestKind::DestroyIpcp(r) => {
-            let reg = state.registry();
-            let found = match &r.ipcp {
-                None => return Err(Refusal::new(ErrorCode::InvalidArgument, "no IPCP given")),
-                Some(o7s_proto::irm::IpcpSelector::Name(n)) => reg.ipcp(n).is_some(),
-                Some(o7s_proto::irm::IpcpSelector::Pid(p)) => reg.ipcp_by_pid(*p).is_some(),
-            };
-            if found {
-                not_implemented("IPCP destruction")
-            } else {
-                Err(Refusal::new(ErrorCode::NotFound, "no such IPCP"))
-            }
-        }
+        RequestKind::CreateIpcp(r) => ipcps::create(state, r).await,
+        RequestKind::DestroyIpcp(r) => ipcps::destroy(state, r.ipcp.as_ref()).await,
         RequestKind::ListIpcps(_) => Ok(ResponseKind::Ipcps(state.registry().list_ipcps()).into()),
-        RequestKind::BootstrapIpcp(r) => {
-            if state.registry().ipcp(&r.name).is_none() {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("no IPCP named {:?}", r.name),
-                ));
-            }
-            not_implemented("IPCP bootstrap")
-        }
+        RequestKind::BootstrapIpcp(r) => ipcps::bootstrap(state, r).await,
         RequestKind::CreateName(r) => ok(state.registry().create_name(&r.name, r.lb)),
         RequestKind::DestroyName(r) => ok(state.registry().destroy_name(&r.name)),
         RequestKind::ListNames(_) => Ok(ResponseKind::Names(state.registry().list_names()).into()),
         RequestKind::RegisterName(r) => {
-            ok(state.registry().register_name(&r.name, r.target.as_ref()))
+            ipcps::register(state, &r.name, r.target.as_ref(), true).await
         }
         RequestKind::UnregisterName(r) => {
-            ok(state.registry().unregister_name(&r.name, r.target.as_ref()))
+            ipcps::register(state, &r.name, r.target.as_ref(), false).await
         }
         RequestKind::BindProgram(r) => ok(state
             .registry()
@@ -551,6 +563,17 @@ async fn dispatch(
         RequestKind::ListPrograms(_) => {
             Ok(ResponseKind::Programs(state.registry().list_programs()).into())
         }
+        RequestKind::IpcpHello(r) => ipcps::hello(state, peer, link, &r),
+        RequestKind::FlowReqArrived(r) => ipcps::flow_req_arrived(state, peer, conn, r).await,
+        RequestKind::IpcpBootstrap(_)
+        | RequestKind::IpcpRegister(_)
+        | RequestKind::IpcpUnregister(_)
+        | RequestKind::IpcpQuery(_)
+        | RequestKind::IpcpFlowAlloc(_)
+        | RequestKind::IpcpFlowDealloc(_) => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "the irmd sends this request to IPCPs; it does not serve it",
+        )),
     }
 }
 
@@ -651,6 +674,11 @@ async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<Owne
         }
     }
     let removed = state.registry().remove_dead(pid, generation);
+    let is_ipcp = state.registry().ipcp_by_pid(pid).is_some();
+    if is_ipcp {
+        // Its names and its link go first: no flow may be allocated through it any more.
+        ipcps::gone(&state, pid).await;
+    }
     // No new flow may reach it from here on; then its blocks and ring ends are reclaimed
     // (rings it was an end of get PEER_GONE) before any of its rings can be destroyed.
     cancel_waits(&state, |t| t.cancel_pid(pid));
@@ -738,10 +766,7 @@ fn create_flow(
     };
     let flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a));
     reg.flows.insert(flow.clone());
-    info!(
-        flow = id,
-        name, alloc, accept, a2b, b2a, "direct local flow allocated"
-    );
+    info!(flow = id, name, alloc, accept, a2b, b2a, "flow allocated");
     Ok(flow)
 }
 
@@ -826,6 +851,33 @@ async fn flow_alloc(
     let timeout = r
         .timeout_ms
         .map_or(DEFAULT_ALLOC_TIMEOUT, |ms| Duration::from_millis(ms.into()));
+    let candidates = {
+        let reg = state.registry();
+        check_announced(&reg, pid)?;
+        reg.ipcps_of_name(&r.dst)
+    };
+    if !candidates.is_empty() {
+        return ipcps::flow_alloc(state, pid, &r.dst, qos, timeout, candidates).await;
+    }
+    alloc_direct(state, pid, conn, &r.dst, qos, timeout).await
+}
+
+/// A direct local flow from `pid` to the process accepting `dst`, now or once one accepts
+/// (up to `timeout`). Applications get these for names registered in no IPCP; an IPCP gets one
+/// for a flow request that arrived through its layer.
+async fn alloc_direct(
+    state: &Arc<State>,
+    pid: u32,
+    conn: u64,
+    dst: &str,
+    qos: QosSpec,
+    timeout: Duration,
+) -> Result<Response, Refusal> {
+    let r = FlowAlloc {
+        dst: dst.to_owned(),
+        qos: None,
+        timeout_ms: None,
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let (matched, token, rx) = {
@@ -835,8 +887,8 @@ async fn flow_alloc(
                 return Err(Refusal::new(
                     ErrorCode::NotFound,
                     format!(
-                        "no name {:?} on this host: no process or program is bound to it \
-                         (flows through IPCPs are not implemented yet)",
+                        "no name {:?} on this host: no process or program is bound to it and \
+                         it is registered in no IPCP",
                         r.dst
                     ),
                 ));

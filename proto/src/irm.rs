@@ -432,6 +432,126 @@ pub struct ListProcesses {}
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct ListPrograms {}
 
+// ------------------------------------------------------------------------------------------
+// IPCP control: the IRMd and the IPCP processes it spawns
+// ------------------------------------------------------------------------------------------
+//
+// An IPCP keeps one connection to the IRMd for its whole life. It opens it with
+// [`IpcpHello`]; from then on both sides send requests on it and answer the other side's
+// requests with responses carrying the request's id (each side numbers its own requests, so
+// the ids never need to agree). The IRMd sends `Ipcp*` requests (bootstrap, register,
+// unregister, query, flow allocation, deallocation); the IPCP sends [`FlowReqArrived`] and
+// the ordinary [`FlowDealloc`] for its own flow ends. A flow allocation's reply (the
+// reference's `IPCP_FLOW_ALLOC_REPLY`) is the response to [`IpcpFlowAlloc`], given when the
+// layer has an answer: responses may come out of order, so a slow layer holds no one up.
+
+/// First message of an IPCP on its connection: it is the process the IRMd spawned under this
+/// name. Answered with [`OkReply`]; from then on the IRMd sends the IPCP requests on the same
+/// connection.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpHello {
+    /// Its pid (must be the sender's).
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    /// The name it was started with.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Its type.
+    #[prost(enumeration = "IpcpType", tag = "3")]
+    pub ipcp_type: i32,
+}
+
+/// IRMd → IPCP: found a layer with this configuration. Answered with [`OkReply`].
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpBootstrap {
+    /// The layer's configuration.
+    #[prost(message, optional, tag = "1")]
+    pub config: Option<IpcpConfig>,
+}
+
+/// IRMd → IPCP: make a name (its hash in the layer's algorithm) reachable in the layer.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpRegister {
+    /// The name's hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+}
+
+/// IRMd → IPCP: withdraw a registered hash.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpUnregister {
+    /// The name's hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+}
+
+/// IRMd → IPCP: can the layer reach this hash? [`OkReply`] if so, `NotFound` if not.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpQuery {
+    /// The name's hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+}
+
+/// IRMd → IPCP: allocate a flow through the layer to `hash` for the application `n_pid`.
+/// The IRMd has created the flow's two rings between the application and the IPCP; the
+/// IPCP reads `rx_ring` and writes `tx_ring`. The response is the allocation's reply:
+/// [`OkReply`] once the other end accepted, an error otherwise.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpFlowAlloc {
+    /// The flow id the IRMd gave the application's end.
+    #[prost(uint32, tag = "1")]
+    pub flow_id: u32,
+    /// Destination: the name's hash in the layer's algorithm.
+    #[prost(bytes = "vec", tag = "2")]
+    pub hash: Vec<u8>,
+    /// QoS asked for.
+    #[prost(message, optional, tag = "3")]
+    pub qos: Option<QosSpec>,
+    /// The allocating application's pid.
+    #[prost(uint32, tag = "4")]
+    pub n_pid: u32,
+    /// The pool of the rings.
+    #[prost(string, tag = "5")]
+    pub pool: String,
+    /// Ring the IPCP writes (the application reads).
+    #[prost(uint32, tag = "6")]
+    pub tx_ring: u32,
+    /// Ring the IPCP reads (the application writes).
+    #[prost(uint32, tag = "7")]
+    pub rx_ring: u32,
+    /// Give up after this many ms.
+    #[prost(uint32, tag = "8")]
+    pub timeout_ms: u32,
+}
+
+/// IRMd → IPCP: the application end of flow `flow_id` deallocated it or died; the IPCP
+/// releases its state for the flow (and deallocates its own ends). Answered with [`OkReply`].
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpFlowDealloc {
+    /// The flow.
+    #[prost(uint32, tag = "1")]
+    pub flow_id: u32,
+}
+
+/// IPCP → IRMd: a flow request for a hash registered here arrived through the layer. The
+/// IRMd finds the name, waits for a process accepting it (up to `timeout_ms`) and answers
+/// with the new flow between the IPCP (the allocating end) and that process, as
+/// [`ResponseKind::Flow`]; that answer is the accepting side's response (the reference's
+/// `IPCP_FLOW_ALLOC_RESP`).
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct FlowReqArrived {
+    /// The destination hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+    /// QoS asked for.
+    #[prost(message, optional, tag = "2")]
+    pub qos: Option<QosSpec>,
+    /// Give up after this many ms (0: the IRMd's default).
+    #[prost(uint32, tag = "3")]
+    pub timeout_ms: u32,
+}
+
 /// Defines the request oneof, `From` impls into [`Request`], and the variant names.
 macro_rules! request_kinds {
     ($($tag:literal => $variant:ident),+ $(,)?) => {
@@ -487,6 +607,14 @@ request_kinds! {
     "20" => IpcpStats,
     "21" => ListProcesses,
     "22" => ListPrograms,
+    "23" => IpcpHello,
+    "24" => IpcpBootstrap,
+    "25" => IpcpRegister,
+    "26" => IpcpUnregister,
+    "27" => IpcpQuery,
+    "28" => IpcpFlowAlloc,
+    "29" => IpcpFlowDealloc,
+    "30" => FlowReqArrived,
 }
 
 /// A request to the IRMd. `kind` is `None` only in a malformed message (the IRMd answers
@@ -496,7 +624,8 @@ pub struct Request {
     /// What is asked.
     #[prost(
         oneof = "RequestKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, \
+                24, 25, 26, 27, 28, 29, 30"
     )]
     pub kind: Option<RequestKind>,
 }
@@ -545,6 +674,23 @@ pub struct IpcpInfo {
     /// Its layer's hash algorithm (meaningful once it has a layer).
     #[prost(enumeration = "HashAlgo", tag = "5")]
     pub hash: i32,
+    /// Where it is in its life.
+    #[prost(enumeration = "IpcpState", tag = "6")]
+    pub state: i32,
+}
+
+/// Where an IPCP is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum IpcpState {
+    /// A state this build does not know (never sent).
+    Unspecified = 0,
+    /// Spawned, its hello not yet received.
+    Booting = 1,
+    /// Said hello; waits for a bootstrap (or enrollment).
+    Init = 2,
+    /// Bootstrapped or enrolled: a member of a layer.
+    Operational = 3,
 }
 
 /// Every IPCP.

@@ -105,10 +105,51 @@ fn samples() -> Vec<Request> {
         IpcpStats { name: "eth".into() }.into(),
         ListProcesses {}.into(),
         ListPrograms {}.into(),
+        IpcpHello {
+            pid: 42,
+            name: "local".into(),
+            ipcp_type: IpcpType::Local.into(),
+        }
+        .into(),
+        IpcpBootstrap {
+            config: Some(IpcpConfig {
+                layer: "local-layer".into(),
+                hash: HashAlgo::Sha3_256.into(),
+                type_config: None,
+            }),
+        }
+        .into(),
+        IpcpRegister {
+            hash: vec![0xab; 32],
+        }
+        .into(),
+        IpcpUnregister {
+            hash: vec![0xab; 32],
+        }
+        .into(),
+        IpcpQuery { hash: vec![1, 2] }.into(),
+        IpcpFlowAlloc {
+            flow_id: 9,
+            hash: vec![0xcd; 32],
+            qos: Some(QosSpec::default()),
+            n_pid: 7,
+            pool: "o7s.pool".into(),
+            tx_ring: 3,
+            rx_ring: 4,
+            timeout_ms: 20_000,
+        }
+        .into(),
+        IpcpFlowDealloc { flow_id: 9 }.into(),
+        FlowReqArrived {
+            hash: vec![0xcd; 32],
+            qos: None,
+            timeout_ms: 1000,
+        }
+        .into(),
     ]
 }
 
-const KINDS: usize = 22;
+const KINDS: usize = 30;
 
 fn kind_index(kind: &RequestKind) -> usize {
     match kind {
@@ -134,6 +175,14 @@ fn kind_index(kind: &RequestKind) -> usize {
         RequestKind::IpcpStats(_) => 19,
         RequestKind::ListProcesses(_) => 20,
         RequestKind::ListPrograms(_) => 21,
+        RequestKind::IpcpHello(_) => 22,
+        RequestKind::IpcpBootstrap(_) => 23,
+        RequestKind::IpcpRegister(_) => 24,
+        RequestKind::IpcpUnregister(_) => 25,
+        RequestKind::IpcpQuery(_) => 26,
+        RequestKind::IpcpFlowAlloc(_) => 27,
+        RequestKind::IpcpFlowDealloc(_) => 28,
+        RequestKind::FlowReqArrived(_) => 29,
     }
 }
 

@@ -1,0 +1,284 @@
+//! The IPCP runtime: one persistent connection to the IRMd and the N+1 flow plumbing.
+//!
+//! [`Irm::start`] connects to `<rundir>/irmd.sock`, starts a reader thread and says hello.
+//! From then on the IRMd's requests arrive on that connection; each is handled on a thread of
+//! its own by the [`Handler`] (so a flow allocation waiting for its layer holds nothing up),
+//! and its response goes back with the request's id. The IPCP's own requests ([`Irm::call`])
+//! go on the same connection; their responses are matched by id.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use o7s_pool::{Error as PoolError, Pool};
+use o7s_proto::irm::{
+    Body, Codec, Envelope, ErrorCode, FrameDecoder, FrameError, IpcpHello, IpcpType, Request,
+    RequestKind, Response, ResponseKind,
+};
+
+/// How long the hello may take to be answered.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the runtime failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The IRMd's socket could not be reached.
+    #[error("cannot reach the irmd at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the connection failed.
+    #[error("irmd connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be written or read.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The IRMd closed the connection (or it closed before an answer).
+    #[error("the irmd closed the connection")]
+    Closed,
+    /// No answer in time.
+    #[error("the irmd did not answer {what} in time")]
+    TimedOut {
+        /// The request.
+        what: &'static str,
+    },
+    /// The IRMd refused.
+    #[error("irmd refused {what}: {message} ({code:?})")]
+    Refused {
+        /// The request.
+        what: &'static str,
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Answers the IRMd's requests. Called on a thread per request.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, irm: &Arc<Irm>, request: RequestKind) -> Response;
+}
+
+/// The IPCP's connection to the IRMd.
+#[derive(Debug)]
+pub struct Irm {
+    writer: Mutex<UnixStream>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Response>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    pid: u32,
+}
+
+impl Irm {
+    /// Connects to the IRMd of `rundir`, starts serving `handler`, and says hello as `name`.
+    /// The returned thread ends when the IRMd closes the connection.
+    pub fn start(
+        rundir: &Path,
+        name: &str,
+        ipcp_type: IpcpType,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(Arc<Self>, JoinHandle<()>), Error> {
+        let path = o7s::rundir::socket_path(rundir);
+        let stream = UnixStream::connect(&path).map_err(|source| Error::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let reader = stream.try_clone()?;
+        let irm = Arc::new(Self {
+            writer: Mutex::new(stream),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            pid: std::process::id(),
+        });
+        let thread = {
+            let irm = irm.clone();
+            std::thread::Builder::new()
+                .name("irm-reader".into())
+                .spawn(move || irm.read_loop(reader, handler))?
+        };
+        irm.call_ok(
+            IpcpHello {
+                pid: irm.pid,
+                name: name.to_owned(),
+                ipcp_type: ipcp_type.into(),
+            },
+            HELLO_TIMEOUT,
+        )?;
+        Ok((irm, thread))
+    }
+
+    /// This process's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn send(&self, envelope: &Envelope) -> Result<(), Error> {
+        let frame = Codec::encode_to_vec(envelope)?;
+        lock(&self.writer).write_all(&frame)?;
+        Ok(())
+    }
+
+    /// Sends a request to the IRMd and waits up to `timeout` for its response.
+    pub fn call(&self, request: impl Into<Request>, timeout: Duration) -> Result<Response, Error> {
+        let request = request.into();
+        let what = request.name();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(id, tx);
+        if let Err(e) = self.send(&Envelope::request(id, request)) {
+            lock(&self.pending).remove(&id);
+            return Err(e);
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                lock(&self.pending).remove(&id);
+                Err(Error::TimedOut { what })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// [`Irm::call`], turning an error response into [`Error::Refused`].
+    pub fn call_ok(
+        &self,
+        request: impl Into<Request>,
+        timeout: Duration,
+    ) -> Result<Option<ResponseKind>, Error> {
+        let request = request.into();
+        let what = request.name();
+        let response = self.call(request, timeout)?;
+        if let Some((code, message)) = response.as_error() {
+            return Err(Error::Refused {
+                what,
+                code,
+                message: message.to_owned(),
+            });
+        }
+        Ok(response.kind)
+    }
+
+    fn read_loop(self: Arc<Self>, mut stream: UnixStream, handler: Arc<dyn Handler>) {
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        'read: loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut input = &buf[..n];
+            while !input.is_empty() {
+                let envelope = match decoder.decode(&mut input) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("ipcpd: bad frame from the irmd: {e}");
+                        if decoder.has_failed() {
+                            break 'read;
+                        }
+                        continue;
+                    }
+                };
+                match envelope.body {
+                    Some(Body::Response(r)) => {
+                        if let Some(tx) = lock(&self.pending).remove(&envelope.id) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Some(Body::Request(Request { kind: Some(kind) })) => {
+                        let irm = self.clone();
+                        let handler = handler.clone();
+                        let id = envelope.id;
+                        let spawned = std::thread::Builder::new()
+                            .name("irm-request".into())
+                            .spawn(move || {
+                                let response = handler.handle(&irm, kind);
+                                if let Err(e) = irm.send(&Envelope::response(id, response)) {
+                                    eprintln!("ipcpd: cannot answer the irmd: {e}");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            let _ = self.send(&Envelope::response(
+                                id,
+                                Response::error(
+                                    ErrorCode::Busy,
+                                    format!("no thread for the request: {e}"),
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {
+                        let _ = self.send(&Envelope::response(
+                            envelope.id,
+                            Response::error(ErrorCode::BadRequest, "envelope without a request"),
+                        ));
+                    }
+                }
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        lock(&self.pending).clear();
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Told to stop.
+    Stopped,
+    /// A ring went down or its peer died (or the ring is gone).
+    Flow(String),
+}
+
+/// Moves SDUs from ring `from` to ring `to` of `pool` by block index (no copy) until `stop`
+/// is set or either ring ends. A full `to` ring makes it wait (never drop); `stop` is checked
+/// at least every `poll`.
+pub fn relay(pool: &Pool, from: u32, to: u32, stop: &AtomicBool, poll: Duration) -> RelayEnd {
+    let (reader, writer) = match (pool.ring_reader(from), pool.ring_writer(to)) {
+        (Ok(r), Ok(w)) => (r, w),
+        (Err(e), _) | (_, Err(e)) => return RelayEnd::Flow(e.to_string()),
+    };
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return RelayEnd::Stopped;
+        }
+        let mut packet = match reader.read(Some(poll)) {
+            Ok(p) => p,
+            Err(PoolError::TimedOut { .. } | PoolError::WouldBlock { .. }) => continue,
+            Err(e) => return RelayEnd::Flow(e.to_string()),
+        };
+        loop {
+            match writer.write(packet, Some(poll)) {
+                Ok(()) => break,
+                Err((p, PoolError::TimedOut { .. } | PoolError::WouldBlock { .. })) => {
+                    if stop.load(Ordering::Acquire) {
+                        return RelayEnd::Stopped;
+                    }
+                    packet = p;
+                }
+                // The packet goes back to the pool as it drops.
+                Err((_p, e)) => return RelayEnd::Flow(e.to_string()),
+            }
+        }
+    }
+}
