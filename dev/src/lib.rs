@@ -15,9 +15,10 @@
 //! # Ok::<(), o7s::Error>(())
 //! ```
 //!
-//! What there is today: direct local flows (both ends on this host, handed out by the IRMd
-//! without an IPCP), blocking and non-blocking reads and writes with timeouts, zero-copy
-//! [`Flow::read_packet`] / [`Flow::write_packet`]. Not yet: flows through IPCPs, FRCT
+//! What there is today: flows between processes of this host, direct (handed out by the IRMd
+//! without an IPCP) or through the local IPCP (for names registered in its layer; the flow's
+//! peer is then the IPCP), blocking and non-blocking reads and writes with timeouts, zero-copy
+//! [`Flow::read_packet`] / [`Flow::write_packet`]. Not yet: flows through network IPCPs, FRCT
 //! (ordering, retransmission; `in_order` QoS is carried but not acted on), event sets
 //! (`fqueue`/`fevent`), an async API, per-user pools, encryption, broadcast joins.
 #![forbid(unsafe_code)]

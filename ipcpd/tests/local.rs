@@ -481,6 +481,48 @@ fn a_killed_local_ipcp_ends_its_flows_and_can_be_replaced() {
 }
 
 #[test]
+fn a_killed_server_ends_the_client_flow_and_the_ipcp_serves_on() {
+    let mut host = Host::start();
+    let ipcp = host.local_ipcp("local");
+    let _server = host.server();
+    let server_pid = host.children[0].id();
+    let mut client = host
+        .oping(&["-n", "oping", "-c", "100000", "-i", "1ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let mut replies = Lines::new(client.stdout.take().expect("stdout"));
+    replies.wait_for("seq=20 ", TIMEOUT);
+    kill(Pid::from_raw(server_pid as i32), Signal::SIGKILL).expect("kill the server");
+    // The IPCP sees the server's flow end and deallocates the client's: FlowDown.
+    let ended = replies.wait_for("Flow ended", Duration::from_secs(5));
+    assert!(ended.contains("the flow is down"), "{ended}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(client.try_wait(), Ok(None)) {
+        assert!(Instant::now() < deadline, "the client hangs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    host.wait_clean(Some(server_pid));
+    assert_eq!(host.ipcps().first().map(|i| i.pid), Some(ipcp));
+    // The same IPCP carries the next flow to a new server.
+    let _again = host.server();
+    let out = wait_output(
+        host.oping(&["-n", "oping", "-c", "3", "-i", "10ms"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn client"),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3 packets transmitted, 3 received"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn ipcps_are_destroyed_and_errors_are_clear() {
     let host = Host::start();
     let ipcp = host.local_ipcp("local");

@@ -12,9 +12,11 @@
 //!
 //! Clients talk to it with `o7s::irm::Client` (the application library's blocking client).
 //!
-//! Flows today are *direct local flows*: both ends on this host, two rings in the shared pool,
-//! no IPCP. Not implemented yet (issue 4): IPCP spawning and bootstrap, name registration in
-//! IPCPs, flows through IPCPs, auto-started programs, per-user pools, OAP.
+//! IPCPs are processes the IRMd spawns (`ipcpd-local` today) and supervises (pidfd); names
+//! registered in them are hashed (SHA3) and forwarded. A flow to a name registered in an
+//! operational IPCP goes through that IPCP; any other name gets a *direct local flow* (both ends
+//! on this host, two rings in the shared pool, no IPCP). See `server`'s `ipcps` module. Not
+//! implemented yet: other IPCP types, enrollment, auto-started programs, per-user pools, OAP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -376,8 +376,9 @@ pub struct ProcessExit {
 
 /// Allocate a flow to a name. Answered with [`FlowInfo`].
 ///
-/// Today the IRMd makes *direct local flows* only: it hands the caller a flow to a process of
-/// this host accepting for `dst`. A name it does not know fails at once with
+/// A name registered in an operational IPCP of this host is allocated through that IPCP (the
+/// answer's `n_1_pid` is the IPCP). Any other name gets a *direct local flow* to a process of
+/// this host accepting for `dst`: a name the IRMd does not know fails at once with
 /// [`ErrorCode::NotFound`]; a known name without an accepting process waits up to the timeout
 /// and fails with [`ErrorCode::TimedOut`].
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]

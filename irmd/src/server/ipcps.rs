@@ -673,3 +673,39 @@ pub fn terminate_all(state: &State) {
         debug!(pid, "IPCP stopped");
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn names_hash_with_the_layer_algorithm() {
+        let h = hash_name(HashAlgo::Sha3_256, "").expect("sha3-256");
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a"
+        );
+        for (algo, len) in [
+            (HashAlgo::Sha3_224, 28),
+            (HashAlgo::Sha3_384, 48),
+            (HashAlgo::Sha3_512, 64),
+        ] {
+            assert_eq!(hash_name(algo, "oping").expect("sha3").len(), len);
+        }
+        assert_eq!(
+            hash_name(HashAlgo::Md5, "x").map(drop).unwrap_err().code,
+            ErrorCode::NotSupported
+        );
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let e = find_program("ipcpd-does-not-exist").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(
+            e.message
+                .contains("cannot find the ipcpd-does-not-exist executable")
+        );
+    }
+}
