@@ -4,6 +4,8 @@
 //!   command to run.
 //! * `test` runs the whole test suite; tests that need root or XDP skip with a reason otherwise.
 //! * `bench <pool|eth|irmd>` runs one benchmark scenario and ends with its one-line summary.
+//! * `vm-test [--backend netns|qemu] [--scenario NAME]` runs the multi-host scenarios of
+//!   `vm-tests/` (QEMU guests by default) and prints per-scenario results and the total time.
 //! * `demo` will run a live two-host network (not implemented yet: issue "The main job").
 
 mod setup;
@@ -39,8 +41,27 @@ enum Task {
         #[arg(value_enum)]
         scenario: BenchScenario,
     },
+    /// Run the multi-host scenarios (vm-tests/) on network namespaces or QEMU guests.
+    VmTest {
+        #[arg(long, value_enum, default_value = "qemu")]
+        backend: VmBackend,
+        /// One scenario (default: all of them).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Echo guest consoles and step output.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Start a live two-host o7s network (not implemented yet).
     Demo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VmBackend {
+    /// Hosts are network namespaces on this machine.
+    Netns,
+    /// Hosts are QEMU guests (TCG unless VM_ACCEL=kvm) on a private bridge.
+    Qemu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,6 +79,11 @@ fn main() -> Result<()> {
         Task::Setup { dry_run } => setup::run(dry_run),
         Task::Test { args } => test(&args),
         Task::Bench { scenario } => bench(scenario),
+        Task::VmTest {
+            backend,
+            scenario,
+            verbose,
+        } => vm_test(backend, scenario.as_deref(), verbose),
         Task::Demo => bail!(
             "`cargo xtask demo` is not implemented yet: it needs the Ethernet IPCP, the IRMd and \
              the tools (open issues 3, 4 and 5). `cargo xtask test` runs what exists today."
@@ -75,6 +101,52 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.arg("--").args(extra);
     }
     run(&mut cmd)
+}
+
+fn vm_test(backend: VmBackend, only: Option<&str>, verbose: bool) -> Result<()> {
+    use o7s_vm_tests::{Backend, Verdict, netns::Netns, qemu::Qemu, scenarios};
+    let names: Vec<&str> = match only {
+        Some(name) if scenarios::NAMES.contains(&name) => vec![name],
+        Some(name) => bail!(
+            "unknown scenario {name}; known: {}",
+            scenarios::NAMES.join(", ")
+        ),
+        None => scenarios::NAMES.to_vec(),
+    };
+    let mut backend: Box<dyn Backend> = match backend {
+        VmBackend::Netns => Box::new(Netns { verbose }),
+        VmBackend::Qemu => {
+            setup::ensure_vm_packages()?;
+            Box::new(Qemu {
+                verbose,
+                ..Qemu::default()
+            })
+        }
+    };
+    // Ctrl-C stops the run at the next check; the guards then remove namespaces and QEMU.
+    o7s_vm_tests::catch_interrupts();
+    let start = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for name in names {
+        let scenario = scenarios::by_name(name).expect("listed scenario");
+        let outcome = o7s_vm_tests::run_scenario(backend.as_mut(), &scenario);
+        println!("vm-test: {outcome}");
+        if let Verdict::Fail(_) = outcome.verdict {
+            failed.push(name);
+        }
+        if o7s_vm_tests::interrupted() {
+            break;
+        }
+    }
+    println!(
+        "vm-test: total {:.1} s on {}",
+        start.elapsed().as_secs_f64(),
+        backend.name()
+    );
+    if !failed.is_empty() {
+        bail!("failed scenarios: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 fn bench(scenario: BenchScenario) -> Result<()> {

@@ -17,8 +17,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Debian packages only `cargo xtask vm-test --backend qemu` needs; qemu-system-x86 comes from
+/// bookworm-backports (it must match the preinstalled backports qemu-utils).
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "boots the test guests"),
+    ("busybox-static", "the guests' shell and tools"),
+];
+
 fn missing() -> Vec<&'static str> {
-    PACKAGES
+    missing_of(PACKAGES)
+}
+
+fn missing_of(packages: &[(&'static str, &str)]) -> Vec<&'static str> {
+    packages
         .iter()
         .map(|(name, _)| *name)
         .filter(|name| {
@@ -89,6 +100,44 @@ fn install(missing: &[&str]) -> Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(missing)
+            .envs(env),
+    )
+}
+
+/// Before `cargo xtask vm-test --backend qemu`: installs QEMU (from bookworm-backports, through a
+/// private APT configuration that adds that suite) and busybox-static when missing, as root;
+/// otherwise prints the exact commands.
+pub fn ensure_vm_packages() -> Result<()> {
+    let missing = missing_of(VM_PACKAGES);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = o7s_vm_tests::image::PrivateApt::ensure(&o7s_vm_tests::cache_dir())?;
+    let conf = apt.conf.display();
+    let install = "install -y --no-install-recommends -t bookworm-backports \
+                   qemu-system-x86 qemu-system-common qemu-system-data busybox-static";
+    if !is_root() {
+        bail!(
+            "missing {}; run as root:\n  APT_CONFIG={conf} apt-get update && \
+             APT_CONFIG={conf} apt-get {install}",
+            missing.join(" ")
+        );
+    }
+    println!(
+        "vm-test: installing {} (APT_CONFIG={conf})",
+        missing.join(" ")
+    );
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    crate::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("APT_CONFIG", &apt.conf)
+            .envs(env),
+    )?;
+    crate::run(
+        Command::new("apt-get")
+            .args(install.split_whitespace())
+            .env("APT_CONFIG", &apt.conf)
             .envs(env),
     )
 }

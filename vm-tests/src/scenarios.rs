@@ -1,0 +1,148 @@
+//! The scenarios every backend runs, by name.
+
+use std::time::Duration;
+
+use crate::artifacts;
+use crate::scenario::{Action, Expect, Requirement, Scenario};
+
+/// Names of all scenarios, in the order `cargo xtask vm-test` runs them.
+pub const NAMES: &[&str] = &["two-host-ping", "link-flap", "netem"];
+
+/// Builds a scenario by name (payloads it needs are built or fetched now).
+pub fn by_name(name: &str) -> Option<Scenario> {
+    Some(match name {
+        "two-host-ping" => two_host_ping(),
+        "link-flap" => link_flap(),
+        "netem" => netem(),
+        _ => return None,
+    })
+}
+
+/// Two hosts, one link; each side reaches the other only over that link.
+fn two_hosts(name: &str) -> Scenario {
+    Scenario::new(name)
+        .host("a")
+        .host("b")
+        .link("ab", &[("a", "10.77.0.1/24"), ("b", "10.77.0.2/24")])
+}
+
+/// A pings B five times; B's NIC counted the packets. Then, when an XDP object can be built,
+/// a pass-through XDP program is attached natively (`xdpdrv`) to A's NIC and pings still work.
+pub fn two_host_ping() -> Scenario {
+    let mut s = two_hosts("two-host-ping")
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(60))
+        .run("a", "ping -c 5 10.77.0.2", &[" 0% packet loss"])
+        .run_expect(
+            "b",
+            "cat /sys/class/net/eth0/statistics/rx_packets",
+            vec![Expect::Success, Expect::AtLeast(5)],
+        )
+        .run("b", "ping -c 1 10.77.0.1", &[" 0% packet loss"])
+        // The private link is all there is: no default route on either host.
+        .run_expect(
+            "a",
+            "$IP route",
+            vec![
+                Expect::Success,
+                Expect::Contains("10.77.0.0/24".into()),
+                Expect::Lacks("default".into()),
+            ],
+        );
+    match artifacts::xdp_pass() {
+        Ok(obj) => {
+            s = s
+                .payload("xdp_pass.o", obj)
+                .run(
+                    "a",
+                    "$IP link set dev eth0 xdpdrv obj $O7S_BIN/xdp_pass.o sec xdp",
+                    &[],
+                )
+                // Native mode: `xdp` in the flags line, not `xdpgeneric`.
+                .run_expect(
+                    "a",
+                    "$IP link show dev eth0",
+                    vec![
+                        Expect::Success,
+                        Expect::Contains("prog/xdp".into()),
+                        Expect::Contains(" xdp ".into()),
+                        Expect::Lacks("xdpgeneric".into()),
+                    ],
+                )
+                .run("a", "ping -c 3 10.77.0.2", &[" 0% packet loss"])
+                .run("a", "$IP link set dev eth0 xdpdrv off", &[])
+                .run_expect(
+                    "a",
+                    "$IP link show dev eth0",
+                    vec![Expect::Success, Expect::Lacks("prog/xdp".into())],
+                );
+        }
+        Err(e) => s = s.note(format!("native XDP attach check skipped: {e}")),
+    }
+    s
+}
+
+/// A link taken down and up; a background process started, checked and killed.
+pub fn link_flap() -> Scenario {
+    let ab = || "ab".to_string();
+    two_hosts("link-flap")
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(60))
+        .step("a", Action::LinkDown { link: ab() })
+        .run_expect("a", "ping -c 1 -W 1 10.77.0.2", vec![Expect::Failure])
+        .step("a", Action::LinkUp { link: ab() })
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(30))
+        .step(
+            "b",
+            Action::Spawn {
+                name: "sleeper".into(),
+                cmd: "echo started; exec sleep 600".into(),
+            },
+        )
+        .run_expect(
+            "b",
+            "sleep 0.5; cat $O7S_LOG/sleeper.log",
+            vec![Expect::Contains("started".into())],
+        )
+        .step(
+            "b",
+            Action::Kill {
+                name: "sleeper".into(),
+                signal: "KILL".into(),
+            },
+        )
+        .run_expect(
+            "b",
+            "sleep 0.2; ps -o pid,args 2>/dev/null || ps ax",
+            vec![Expect::Success, Expect::Lacks("sleep 600".into())],
+        )
+}
+
+/// netem delay and loss on B's side of the link, seen by A's pings.
+pub fn netem() -> Scenario {
+    let ab = || "ab".to_string();
+    two_hosts("netem")
+        .requires(Requirement::Netem)
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(60))
+        .step(
+            "b",
+            Action::Netem {
+                link: ab(),
+                spec: "delay 200ms".into(),
+            },
+        )
+        // B delays its replies by 200 ms: the round trip shows it.
+        .run(
+            "a",
+            "ping -c 1 -W 2 10.77.0.2 | grep 'time=[2-9][0-9][0-9]'",
+            &[],
+        )
+        .step(
+            "b",
+            Action::Netem {
+                link: ab(),
+                spec: "loss 100%".into(),
+            },
+        )
+        .run_expect("a", "ping -c 2 -W 1 10.77.0.2", vec![Expect::Failure])
+        .step("b", Action::ClearNetem { link: ab() })
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(30))
+}

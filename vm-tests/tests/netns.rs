@@ -1,0 +1,30 @@
+//! The shared scenarios on the netns backend (needs root; skips with a reason otherwise).
+
+use o7s_vm_tests::netns::Netns;
+use o7s_vm_tests::{Verdict, run_scenario, scenarios};
+
+fn run(name: &str) {
+    let scenario = scenarios::by_name(name).expect("known scenario");
+    let outcome = run_scenario(&mut Netns::default(), &scenario);
+    println!("{outcome}");
+    match outcome.verdict {
+        Verdict::Pass => {}
+        Verdict::Skip(reason) => eprintln!("skipped {name}: {reason}"),
+        Verdict::Fail(reason) => panic!("{name} failed: {reason}"),
+    }
+}
+
+#[test]
+fn two_host_ping() {
+    run("two-host-ping");
+}
+
+#[test]
+fn link_flap() {
+    run("link-flap");
+}
+
+#[test]
+fn netem() {
+    run("netem");
+}
