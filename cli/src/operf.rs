@@ -228,20 +228,25 @@ pub fn client(opts: &ClientOptions) -> Result<ClientReport, String> {
     let mut seq: u64 = 0;
     let mut failure = None;
     loop {
-        let now = Instant::now();
-        let elapsed = now.duration_since(started);
-        if elapsed >= opts.duration {
-            break;
-        }
-        if let Some(rate) = opts.rate {
-            // Packet `seq` is due at seq / rate: absolute schedule, no drift.
-            let due = Duration::from_secs_f64(seq as f64 / rate as f64);
-            if due >= opts.duration {
-                std::thread::sleep(opts.duration - elapsed);
-                break;
-            }
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
+        let elapsed = started.elapsed();
+        match opts.rate {
+            // Flood: as many as the flow takes until the time is up.
+            None if elapsed >= opts.duration => break,
+            None => {}
+            // Paced: packet `seq` is due at seq / rate (an absolute schedule, so a late
+            // wake-up is caught up, not accumulated); every packet due within the duration
+            // is sent, even if catching up runs a little past it.
+            Some(rate) => {
+                let due = Duration::from_secs_f64(seq as f64 / rate as f64);
+                if due >= opts.duration {
+                    if let Some(rest) = opts.duration.checked_sub(elapsed) {
+                        std::thread::sleep(rest);
+                    }
+                    break;
+                }
+                if due > elapsed {
+                    std::thread::sleep(due - elapsed);
+                }
             }
         }
         buf[..8].copy_from_slice(&seq.to_be_bytes());

@@ -51,6 +51,18 @@ fn row(table: &str, first: &str) -> Option<Vec<String>> {
     })
 }
 
+/// The table row whose column `col` is `value`.
+fn row_where(table: &str, col: usize, value: &str) -> Option<Vec<String>> {
+    table.lines().find_map(|l| {
+        let cells: Vec<String> = l
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect();
+        (cells.get(col).map(String::as_str) == Some(value)).then_some(cells)
+    })
+}
+
 fn assert_aligned(table: &str) {
     let widths: Vec<usize> = table.lines().map(|l| l.chars().count()).collect();
     assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
@@ -272,5 +284,66 @@ fn no_irmd_is_a_clear_error() {
     assert!(
         err.contains("failed to communicate with the IRMd: cannot reach the IRMd"),
         "{err}"
+    );
+}
+
+#[test]
+fn local_ipcps_are_created_bootstrapped_listed_and_destroyed() {
+    common::ipcpd_binaries();
+    let host = Host::start("irm");
+    assert_eq!(
+        irm_ok(&host, &["ipcp", "list"]).trim(),
+        "No IPCPs in system."
+    );
+    let out = irm(&host, &["ipcp", "create", "name", "l0", "type", "local"]);
+    match out.status.code() {
+        Some(0) => assert!(text(&out.stdout).starts_with("Created IPCP l0 (pid ")),
+        Some(3) => {
+            println!(
+                "skipped: this irmd cannot create IPCPs yet: {}",
+                text(&out.stderr)
+            );
+            return;
+        }
+        _ => panic!(
+            "ipcp create: {}\n{}\n{}",
+            out.status,
+            text(&out.stderr),
+            host.log()
+        ),
+    }
+    irm_ok(&host, &["ipcp", "bootstrap", "name", "l0", "layer", "loc"]);
+    // A missing IPCP is created by bootstrap when the type is given.
+    irm_ok(&host, &["i", "b", "n", "l1", "la", "loc2", "ty", "local"]);
+    let list = irm_ok(&host, &["ipcp", "list"]);
+    println!("{list}");
+    assert_aligned(&list);
+    let l0 = row_where(&list, 1, "l0").expect("l0");
+    assert_eq!(&l0[2..], ["local", "loc"]);
+    let l1 = row_where(&list, 1, "l1").expect("l1");
+    assert_eq!(&l1[2..], ["local", "loc2"]);
+    let only = irm_ok(&host, &["ipcp", "list", "layer", "loc2"]);
+    assert!(row_where(&only, 1, "l0").is_none() && row_where(&only, 1, "l1").is_some());
+    let err = irm_fails(
+        &host,
+        &[
+            "ipcp",
+            "bootstrap",
+            "name",
+            "l0",
+            "layer",
+            "x",
+            "type",
+            "unicast",
+        ],
+        1,
+    );
+    assert!(err.contains("is of type local, not unicast"), "{err}");
+
+    irm_ok(&host, &["ipcp", "destroy", "name", "l1"]);
+    irm_ok(&host, &["ipcp", "destroy", "name", "l0"]);
+    assert_eq!(
+        irm_ok(&host, &["ipcp", "list"]).trim(),
+        "No IPCPs in system."
     );
 }

@@ -42,6 +42,28 @@ pub fn irmd_binary() -> &'static Path {
     })
 }
 
+/// Builds the IPCP programs (`ipcpd-*`) next to `irmd`, where the IRMd looks for them. A
+/// build without them (or that fails) leaves IPCP creation to fail, which tests detect.
+pub fn ipcpd_binaries() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let irmd = irmd_binary();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "o7s-ipcpd", "--bins"])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+        let dir = irmd.parent().expect("irmd has a directory");
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        if let Some(target) = dir.parent() {
+            build.env("CARGO_TARGET_DIR", target);
+        }
+        let _ = build.status();
+    });
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One IRMd on its own temporary directory; dropping it kills it and every process started
@@ -130,6 +152,22 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // IPCPs the IRMd spawned are not our children: stop them before the IRMd.
+        if let Ok(mut c) = o7s::irm::Client::connect(&self.rundir) {
+            let _ = c.set_timeout(Some(Duration::from_secs(2)));
+            if let Ok(o7s_proto::irm::ResponseKind::Ipcps(l)) =
+                c.call_ok(o7s_proto::irm::ListIpcps {})
+            {
+                for i in l.ipcps {
+                    if let Ok(pid) = i32::try_from(i.pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
