@@ -290,7 +290,7 @@ fn no_irmd_is_a_clear_error() {
 #[test]
 fn local_ipcps_are_created_bootstrapped_listed_and_destroyed() {
     common::ipcpd_binaries();
-    let host = Host::start("irm");
+    let mut host = Host::start("irm");
     assert_eq!(
         irm_ok(&host, &["ipcp", "list"]).trim(),
         "No IPCPs in system."
@@ -339,6 +339,26 @@ fn local_ipcps_are_created_bootstrapped_listed_and_destroyed() {
         1,
     );
     assert!(err.contains("is of type local, not unicast"), "{err}");
+
+    // A flow through the local IPCP: two flows, each with the IPCP at one end.
+    irm_ok(&host, &["name", "register", "oping", "layer", "loc"]);
+    let l0_pid = &l0[0];
+    let (server, _srv) = host.spawn(OPING, &["-l", "-n", "oping"], "listening on");
+    let (client, mut replies) = host.spawn(
+        OPING,
+        &["-n", "oping", "-c", "200", "-i", "20ms"],
+        "Pinging oping",
+    );
+    replies.wait_for("seq=3 ", TIMEOUT);
+    let flows = irm_ok(&host, &["flow", "list"]);
+    println!("{flows}");
+    assert_aligned(&flows);
+    let via = format!("{l0_pid} (ipcp l0)");
+    let to_ipcp = row_where(&flows, 2, &client.to_string()).expect("client's flow");
+    assert_eq!(to_ipcp[4], via, "{flows}");
+    let from_ipcp = row_where(&flows, 4, &server.to_string()).expect("server's flow");
+    assert_eq!(from_ipcp[2], via, "{flows}");
+    replies.wait_for("ping statistics", TIMEOUT);
 
     irm_ok(&host, &["ipcp", "destroy", "name", "l1"]);
     irm_ok(&host, &["ipcp", "destroy", "name", "l0"]);

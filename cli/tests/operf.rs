@@ -108,3 +108,49 @@ fn a_missing_server_or_bad_size_fails_clearly() {
     assert!(err.contains("size 4 out of range"), "{err}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn a_flood_through_the_local_ipcp_arrives_whole() {
+    common::ipcpd_binaries();
+    let mut host = Host::start("operf");
+    let setup = run(host.tool(
+        common::IRM,
+        &[
+            "ipcp",
+            "bootstrap",
+            "name",
+            "l0",
+            "layer",
+            "loc",
+            "type",
+            "local",
+        ],
+    ));
+    if setup.status.code() == Some(3) {
+        println!(
+            "skipped: this irmd cannot create IPCPs yet: {}",
+            text(&setup.stderr)
+        );
+        return;
+    }
+    assert!(setup.status.success(), "{}", text(&setup.stderr));
+    let reg = run(host.tool(common::IRM, &["name", "register", "perf", "layer", "loc"]));
+    assert!(reg.status.success(), "{}", text(&reg.stderr));
+    let (_, mut server) = host.spawn(OPERF, &["-l", "-n", "perf"], "listening on");
+    let out = run(host.tool(OPERF, &["-n", "perf", "-d", "2", "-s", "1000"]));
+    let stdout = text(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let sent_line = stdout
+        .lines()
+        .find(|l| l.starts_with("sent "))
+        .expect("sent");
+    let (sent, sent_bytes, ..) = figures(sent_line, "sent ");
+    assert!(sent > 0, "{sent_line}");
+    let flow = server.wait_for("received", TIMEOUT);
+    println!("{flow}");
+    let (received, received_bytes, ..) = figures(&flow, "received ");
+    // The IPCP relays between two flows whose writes block on a full ring: nothing is lost.
+    assert!(received <= sent, "{flow}");
+    assert_eq!((received, received_bytes), (sent, sent_bytes), "{flow}");
+}
