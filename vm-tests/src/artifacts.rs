@@ -37,3 +37,30 @@ pub fn xdp_pass() -> Result<PathBuf, String> {
     std::fs::rename(&tmp, &obj).map_err(|e| e.to_string())?;
     Ok(obj)
 }
+
+/// Builds workspace binaries (`cargo build -p PACKAGE --bin NAME`, debug profile) and returns
+/// (name, path) pairs. Uses `$CARGO` and `$CARGO_TARGET_DIR` when set.
+pub fn workspace_binaries(bins: &[(&str, &str)]) -> Result<Vec<(String, PathBuf)>, String> {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = crate_dir.parent().unwrap_or(crate_dir);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace).args(["build", "--quiet"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    // Warnings of the crates built are not this run's business: show output only on failure.
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{cmd:?} failed ({}):\n{}", out.status, err.trim()));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(bins
+        .iter()
+        .map(|(_, bin)| (bin.to_string(), target.join("debug").join(bin)))
+        .collect())
+}

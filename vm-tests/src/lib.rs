@@ -74,9 +74,10 @@ pub trait Backend {
 /// Runs one scenario on a backend, timing it.
 pub fn run_scenario(backend: &mut dyn Backend, scenario: &Scenario) -> Outcome {
     let start = Instant::now();
-    let verdict = match scenario.validate() {
-        Err(e) => Verdict::Fail(format!("invalid scenario: {e}")),
-        Ok(()) => backend
+    let verdict = match (&scenario.broken, scenario.validate()) {
+        (Some(e), _) => Verdict::Fail(format!("could not prepare the scenario: {e}")),
+        (None, Err(e)) => Verdict::Fail(format!("invalid scenario: {e}")),
+        (None, Ok(())) => backend
             .run(scenario)
             .unwrap_or_else(|e| Verdict::Fail(format!("harness error: {e:#}"))),
     };
@@ -100,9 +101,10 @@ pub fn cache_dir() -> PathBuf {
     std::env::var_os("O7S_VM_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-                .join("vm-cache")
+            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir
+                .parent()
+                .unwrap_or(crate_dir)
+                .join("target/vm-cache")
         })
 }

@@ -82,7 +82,8 @@ struct World {
     hosts: HashMap<String, NsGuard>,
     _switches: Vec<NsGuard>,
     bin: PathBuf,
-    log: PathBuf,
+    /// Per-host `log` and `run` directories (`$O7S_LOG`, `$O7S_RUNDIR`).
+    host_dirs: PathBuf,
     _scratch: TempDir,
 }
 
@@ -90,9 +91,12 @@ impl World {
     fn build(s: &Scenario) -> Result<Self> {
         let scratch = TempDir::new(util::NS_PREFIX)?;
         let bin = scratch.0.join("bin");
-        let log = scratch.0.join("log");
+        let host_dirs = scratch.0.join("hosts");
         std::fs::create_dir_all(&bin)?;
-        std::fs::create_dir_all(&log)?;
+        for h in &s.hosts {
+            std::fs::create_dir_all(host_dirs.join(h).join("log"))?;
+            std::fs::create_dir_all(host_dirs.join(h).join("run"))?;
+        }
         for p in &s.payload {
             std::os::unix::fs::symlink(&p.src, bin.join(&p.name))?;
         }
@@ -139,7 +143,7 @@ impl World {
             hosts,
             _switches: switches,
             bin,
-            log,
+            host_dirs,
             _scratch: scratch,
         })
     }
@@ -153,7 +157,8 @@ impl World {
             .env("IP", "ip")
             .env("TC", "tc")
             .env("O7S_BIN", &self.bin)
-            .env("O7S_LOG", &self.log)
+            .env("O7S_LOG", self.host_dirs.join(host).join("log"))
+            .env("O7S_RUNDIR", self.host_dirs.join(host).join("run"))
             .env("PATH", format!("{}:{path}", self.bin.display()));
         c
     }
@@ -220,7 +225,7 @@ impl Netns {
                 }
             }
             Action::Spawn { name, cmd } => {
-                let log = File::create(w.log.join(format!("{name}.log")))?;
+                let log = File::create(w.host_dirs.join(host).join(format!("log/{name}.log")))?;
                 let mut c = w.shell(host, cmd);
                 c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
                 let child = GroupChild::spawn(&mut c)?;

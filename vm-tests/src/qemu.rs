@@ -66,8 +66,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-mkdir -p /run/o7s /tmp
-export IP=/usr/bin/ip TC=/usr/bin/tc O7S_BIN=/o7s/bin O7S_LOG=/run/o7s
+mkdir -p /dev/shm /run/o7s /var/log/o7s /tmp
+mount -t tmpfs shm /dev/shm
+export IP=/usr/bin/ip TC=/usr/bin/tc O7S_BIN=/o7s/bin O7S_LOG=/var/log/o7s O7S_RUNDIR=/run/o7s
 verdict() {
     if [ "$1" = ok ]; then echo "VM-RESULT: ok"; else echo "VM-RESULT: fail $2"; fi
     read -r -t 120 line

@@ -7,7 +7,10 @@
 //! * `$IP`, `$TC`: iproute2's `ip` and `tc` (in QEMU guests busybox would otherwise run its own
 //!   `ip` applet instead of iproute2's);
 //! * `$O7S_BIN`: the directory holding the scenario's payload files (also on `PATH`);
-//! * `$O7S_LOG`: a writable directory; a spawned process `NAME` logs to `$O7S_LOG/NAME.log`.
+//! * `$O7S_LOG`: a writable directory of the host's own; a spawned process `NAME` logs to
+//!   `$O7S_LOG/NAME.log`;
+//! * `$O7S_RUNDIR`: the host's own o7s run directory (IRMd socket, pool name), so hosts that
+//!   share one machine (the netns backend) keep separate IRMds.
 //!
 //! A host's interfaces are named `eth0`, `eth1`, … in the order of the links it is on.
 
@@ -102,6 +105,9 @@ pub struct Scenario {
     pub payload: Vec<Payload>,
     /// Notes printed with the result (e.g. a part that was skipped and why).
     pub notes: Vec<String>,
+    /// Set when the scenario could not be prepared (a payload failed to build): it fails
+    /// with this reason on every backend.
+    pub broken: Option<String>,
     pub requires: Vec<Requirement>,
 }
 
@@ -118,6 +124,7 @@ impl Scenario {
             payload: Vec::new(),
             notes: Vec::new(),
             requires: Vec::new(),
+            broken: None,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::artifacts;
 use crate::scenario::{Action, Expect, Requirement, Scenario};
 
 /// Names of all scenarios, in the order `cargo xtask vm-test` runs them.
-pub const NAMES: &[&str] = &["two-host-ping", "link-flap", "netem"];
+pub const NAMES: &[&str] = &["two-host-ping", "link-flap", "netem", "o7s-local-oping"];
 
 /// Builds a scenario by name (payloads it needs are built or fetched now).
 pub fn by_name(name: &str) -> Option<Scenario> {
@@ -14,6 +14,7 @@ pub fn by_name(name: &str) -> Option<Scenario> {
         "two-host-ping" => two_host_ping(),
         "link-flap" => link_flap(),
         "netem" => netem(),
+        "o7s-local-oping" => o7s_local_oping(),
         _ => return None,
     })
 }
@@ -145,4 +146,58 @@ pub fn netem() -> Scenario {
         .run_expect("a", "ping -c 2 -W 1 10.77.0.2", vec![Expect::Failure])
         .step("b", Action::ClearNetem { link: ab() })
         .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(30))
+}
+
+/// The o7s binaries in every host: each host runs its own `irmd` and an `oping` server, and
+/// pings it through a direct local flow. No network yet (o7s has no Ethernet IPCP process):
+/// this checks that the binaries, their libraries and the shared pool work in the guests.
+pub fn o7s_local_oping() -> Scenario {
+    let mut s = two_hosts("o7s-local-oping");
+    match artifacts::workspace_binaries(&[("o7s-irmd", "irmd"), ("o7s-cli", "oping")]) {
+        Ok(bins) => {
+            for (name, path) in bins {
+                s = s.payload(&name, path);
+            }
+        }
+        Err(e) => s.broken = Some(e),
+    }
+    for h in ["a", "b"] {
+        s = s
+            .step(
+                h,
+                Action::Spawn {
+                    name: "irmd".into(),
+                    cmd: "exec irmd".into(),
+                },
+            )
+            .wait_for(h, "test -S $O7S_RUNDIR/irmd.sock", Duration::from_secs(30))
+            .step(
+                h,
+                Action::Spawn {
+                    name: "oping-server".into(),
+                    cmd: "exec oping -l".into(),
+                },
+            )
+            .wait_for(h, "oping -n oping -c 1", Duration::from_secs(30))
+            .run(
+                h,
+                "oping -n oping -c 5 -i 100",
+                &["5 received", " 0% packet loss"],
+            )
+            .step(
+                h,
+                Action::Kill {
+                    name: "oping-server".into(),
+                    signal: "TERM".into(),
+                },
+            )
+            .step(
+                h,
+                Action::Kill {
+                    name: "irmd".into(),
+                    signal: "TERM".into(),
+                },
+            );
+    }
+    s
 }
