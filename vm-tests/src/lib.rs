@@ -69,6 +69,10 @@ pub trait Backend {
     /// Runs one scenario and cleans up everything it created, whatever the result. `Err` is for
     /// harness failures (a tool that could not start); a scenario that fails is `Ok(Fail)`.
     fn run(&mut self, scenario: &Scenario) -> anyhow::Result<Verdict>;
+    /// Observations about the last run (e.g. how long guests took to boot).
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Runs one scenario on a backend, timing it.
@@ -81,12 +85,14 @@ pub fn run_scenario(backend: &mut dyn Backend, scenario: &Scenario) -> Outcome {
             .run(scenario)
             .unwrap_or_else(|e| Verdict::Fail(format!("harness error: {e:#}"))),
     };
+    let mut notes = scenario.notes.clone();
+    notes.extend(backend.take_notes());
     Outcome {
         scenario: scenario.name.clone(),
         backend: backend.name(),
         verdict,
         elapsed: start.elapsed(),
-        notes: scenario.notes.clone(),
+        notes,
     }
 }
 

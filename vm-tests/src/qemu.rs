@@ -37,6 +37,7 @@ pub struct Qemu {
     pub timeout: Duration,
     /// Echo the guests' consoles.
     pub verbose: bool,
+    notes: Vec<String>,
 }
 
 impl Default for Qemu {
@@ -52,6 +53,7 @@ impl Default for Qemu {
             queues: 4,
             timeout: Duration::from_secs(secs),
             verbose: false,
+            notes: Vec::new(),
         }
     }
 }
@@ -265,6 +267,10 @@ impl Backend for Qemu {
         "qemu"
     }
 
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     fn run(&mut self, s: &Scenario) -> Result<Verdict> {
         if !crate::is_root() {
             return Ok(Verdict::Skip(
@@ -372,7 +378,8 @@ impl Backend for Qemu {
         }
         drop(tx);
 
-        let verdict = self.drive(&mut guests, &rx, s.steps.len());
+        let booting = Instant::now();
+        let verdict = self.drive(&mut guests, &rx, s.steps.len(), booting);
         // Power off politely, then the guards kill whatever is left.
         for g in &mut guests {
             g.say("poweroff");
@@ -394,7 +401,13 @@ impl Backend for Qemu {
 impl Qemu {
     /// Releases sync points and collects verdicts until every guest has one, one fails, or
     /// the time is up.
-    fn drive(&self, guests: &mut [Guest], rx: &mpsc::Receiver<Event>, steps: usize) -> Verdict {
+    fn drive(
+        &mut self,
+        guests: &mut [Guest],
+        rx: &mpsc::Receiver<Event>,
+        steps: usize,
+        booting: Instant,
+    ) -> Verdict {
         let deadline = Instant::now() + self.timeout;
         let consoles = |guests: &[Guest]| {
             guests
@@ -471,6 +484,14 @@ impl Qemu {
                     {
                         guests[h].sync = Some(n);
                         if n < steps && guests.iter().all(|g| g.sync == Some(n)) {
+                            if n == 0 {
+                                self.notes.push(format!(
+                                    "{} guests booted and configured in {:.1} s ({})",
+                                    guests.len(),
+                                    booting.elapsed().as_secs_f64(),
+                                    self.accel
+                                ));
+                            }
                             for g in guests.iter_mut() {
                                 g.sync = None;
                                 g.say("go");

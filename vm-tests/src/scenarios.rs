@@ -6,7 +6,14 @@ use crate::artifacts;
 use crate::scenario::{Action, Expect, Requirement, Scenario};
 
 /// Names of all scenarios, in the order `cargo xtask vm-test` runs them.
-pub const NAMES: &[&str] = &["two-host-ping", "link-flap", "netem", "o7s-local-oping"];
+pub const NAMES: &[&str] = &[
+    "two-host-ping",
+    "link-flap",
+    "netem",
+    "three-host-lan",
+    "three-host-line",
+    "o7s-local-oping",
+];
 
 /// Builds a scenario by name (payloads it needs are built or fetched now).
 pub fn by_name(name: &str) -> Option<Scenario> {
@@ -14,6 +21,8 @@ pub fn by_name(name: &str) -> Option<Scenario> {
         "two-host-ping" => two_host_ping(),
         "link-flap" => link_flap(),
         "netem" => netem(),
+        "three-host-lan" => three_host_lan(),
+        "three-host-line" => three_host_line(),
         "o7s-local-oping" => o7s_local_oping(),
         _ => return None,
     })
@@ -200,4 +209,43 @@ pub fn o7s_local_oping() -> Scenario {
             );
     }
     s
+}
+
+/// Three hosts on one Ethernet segment (a bridge): everyone reaches everyone.
+pub fn three_host_lan() -> Scenario {
+    let t = Duration::from_secs(60);
+    Scenario::new("three-host-lan")
+        .host("a")
+        .host("b")
+        .host("c")
+        .link(
+            "lan",
+            &[
+                ("a", "10.77.0.1/24"),
+                ("b", "10.77.0.2/24"),
+                ("c", "10.77.0.3/24"),
+            ],
+        )
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.2", t)
+        .wait_for("a", "ping -c 1 -W 1 10.77.0.3", t)
+        .run("b", "ping -c 2 10.77.0.3", &[" 0% packet loss"])
+        .run("c", "ping -c 2 10.77.0.1", &[" 0% packet loss"])
+}
+
+/// a - b - c on two links; b forwards, so a reaches c only through b (b's `eth0` faces a,
+/// `eth1` faces c).
+pub fn three_host_line() -> Scenario {
+    Scenario::new("three-host-line")
+        .host("a")
+        .host("b")
+        .host("c")
+        .link("ab", &[("a", "10.77.0.1/24"), ("b", "10.77.0.2/24")])
+        .link("bc", &[("b", "10.77.1.1/24"), ("c", "10.77.1.2/24")])
+        .run("b", "$IP -br addr show dev eth1", &["10.77.1.1/24"])
+        .run("b", "echo 1 > /proc/sys/net/ipv4/ip_forward", &[])
+        .run("a", "$IP route add 10.77.1.0/24 via 10.77.0.2", &[])
+        .run("c", "$IP route add 10.77.0.0/24 via 10.77.1.1", &[])
+        .wait_for("a", "ping -c 1 -W 1 10.77.1.2", Duration::from_secs(60))
+        .run("a", "ping -c 3 10.77.1.2", &[" 0% packet loss"])
+        .run("c", "ping -c 1 10.77.0.1", &["ttl=63"])
 }

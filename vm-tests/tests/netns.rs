@@ -28,3 +28,13 @@ fn link_flap() {
 fn netem() {
     run("netem");
 }
+
+#[test]
+fn three_host_lan() {
+    run("three-host-lan");
+}
+
+#[test]
+fn three_host_line() {
+    run("three-host-line");
+}

@@ -117,10 +117,9 @@ fn vm_test(backend: VmBackend, only: Option<&str>, verbose: bool) -> Result<()> 
         VmBackend::Netns => Box::new(Netns { verbose }),
         VmBackend::Qemu => {
             setup::ensure_vm_packages()?;
-            Box::new(Qemu {
-                verbose,
-                ..Qemu::default()
-            })
+            let mut qemu = Qemu::default();
+            qemu.verbose = verbose;
+            Box::new(qemu)
         }
     };
     // Ctrl-C stops the run at the next check; the guards then remove namespaces and QEMU.
