@@ -51,7 +51,7 @@ Usage: irm ipcp <command> [args]
   create     name <name> type <type>
   destroy    name <name>
   bootstrap  name <name> layer <layer> [type <type>] [hash <hash>] [dev <iface>]
-             [ethertype <hex>] [mode auto|xdp|packet] [autobind]
+             [ethertype <hex>] [mode auto|xdp|native|generic|packet] [autobind]
   enroll     name <name> [layer <layer>] [dst <dst>] [type unicast|broadcast] [autobind]
   connect    name <name> dst <dst> [component dt|mgmt] [qos raw|best|voice|video|data]
   disconnect name <name> dst <dst> [component dt|mgmt]
@@ -67,7 +67,7 @@ const IPCP_DESTROY_USAGE: &str = "Usage: irm ipcp destroy name <name>";
 
 const IPCP_BOOTSTRAP_USAGE: &str = "\
 Usage: irm ipcp bootstrap name <name> layer <layer> [type <type>] [hash <hash>]
-                          [dev <iface>] [ethertype <hex>] [mode auto|xdp|packet] [autobind]
+                          [dev <iface>] [ethertype <hex>] [mode auto|xdp|native|generic|packet] [autobind]
   name       an IPCP name, or a pattern with * and ?: every matching IPCP is bootstrapped;
              if none matches, `type` is required and the IPCP is created first
   type       unicast | broadcast | local | udp4 | udp6 | eth-llc | eth-dix
@@ -859,9 +859,16 @@ fn parse_bootstrap(args: &[String]) -> Result<Command, UsageError> {
         .transpose()?;
     let mode = match o.get("mode") {
         None => EthMode::Auto,
-        Some(m) => match pick(&m, &["auto", "xdp", "packet"], "eth mode", u)? {
+        Some(m) => match pick(
+            &m,
+            &["auto", "xdp", "native", "generic", "packet"],
+            "eth mode",
+            u,
+        )? {
             "auto" => EthMode::Auto,
             "xdp" => EthMode::Xdp,
+            "native" => EthMode::Native,
+            "generic" => EthMode::Generic,
             _ => EthMode::Packet,
         },
     };
@@ -1423,23 +1430,30 @@ fn execute(
             if ipcps.is_empty() {
                 return Ok("No IPCPs in system.".to_owned());
             }
+            // The data path column appears only when some IPCP reported one.
+            let with_backend = ipcps.iter().any(|i| i.backend.is_some());
             let rows: Vec<Vec<String>> = ipcps
                 .iter()
                 .map(|i| {
-                    vec![
+                    let mut row = vec![
                         i.pid.to_string(),
                         i.name.clone(),
                         type_name(i.ipcp_type()).to_owned(),
                         i.layer
                             .clone()
                             .unwrap_or_else(|| "Not enrolled.".to_owned()),
-                    ]
+                    ];
+                    if with_backend {
+                        row.push(i.backend.clone().unwrap_or_default());
+                    }
+                    row
                 })
                 .collect();
-            Ok(table(
-                &[("pid", 7), ("name", 20), ("type", 10), ("layer", 20)],
-                &rows,
-            ))
+            let mut columns = vec![("pid", 7), ("name", 20), ("type", 10), ("layer", 20)];
+            if with_backend {
+                columns.push(("data path", 24));
+            }
+            Ok(table(&columns, &rows))
         }
         Command::IpcpStats { name } => {
             match irm.call(

@@ -151,6 +151,8 @@ pub struct Ipcp {
     pub hash: HashAlgo,
     /// Names registered in it, by hash.
     pub registered: BTreeMap<Vec<u8>, String>,
+    /// The data path it reported at bootstrap (Ethernet IPCPs).
+    pub backend: Option<String>,
 }
 
 impl Ipcp {
@@ -163,6 +165,7 @@ impl Ipcp {
             layer: None,
             hash: HashAlgo::Sha3_256,
             registered: BTreeMap::new(),
+            backend: None,
         }
     }
 }
@@ -539,6 +542,7 @@ impl Registry {
                     layer: i.layer.clone(),
                     hash: i.hash.into(),
                     state: i.state.into(),
+                    backend: i.backend.clone(),
                 })
                 .collect(),
         }
@@ -582,6 +586,19 @@ impl Registry {
             .ipcps
             .iter()
             .filter_map(|i| self.ipcps.get(i).map(|x| (i, x)))
+            .filter(|(_, x)| x.state == IpcpState::Operational)
+            .map(|(i, x)| (x.ipcp_type, x.pid, i.clone(), x.hash))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, pid, i, h)| (i, pid, h)).collect()
+    }
+
+    /// Every operational IPCP in the reference's order (type, then pid): the candidates for a
+    /// name this host does not know.
+    pub fn operational_ipcps(&self) -> Vec<(String, u32, HashAlgo)> {
+        let mut v: Vec<_> = self
+            .ipcps
+            .iter()
             .filter(|(_, x)| x.state == IpcpState::Operational)
             .map(|(i, x)| (x.ipcp_type, x.pid, i.clone(), x.hash))
             .collect();

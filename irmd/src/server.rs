@@ -493,13 +493,6 @@ async fn handle(
     }
 }
 
-fn not_implemented(what: &str) -> Result<Response, Refusal> {
-    Err(Refusal::new(
-        ErrorCode::NotSupported,
-        format!("{what} is not implemented yet (issue 4)"),
-    ))
-}
-
 async fn dispatch(
     state: &Arc<State>,
     peer: Option<UCred>,
@@ -548,15 +541,7 @@ async fn dispatch(
         RequestKind::ListFlows(_) => {
             Ok(ResponseKind::Flows(state.registry().flows.list(state.pool.name())).into())
         }
-        RequestKind::IpcpStats(r) => {
-            if state.registry().ipcp(&r.name).is_none() {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("no IPCP named {:?}", r.name),
-                ));
-            }
-            not_implemented("IPCP statistics")
-        }
+        RequestKind::IpcpStats(r) => ipcps::stats(state, r).await,
         RequestKind::ListProcesses(_) => {
             Ok(ResponseKind::Processes(state.registry().list_processes()).into())
         }
@@ -851,13 +836,27 @@ async fn flow_alloc(
     let timeout = r
         .timeout_ms
         .map_or(DEFAULT_ALLOC_TIMEOUT, |ms| Duration::from_millis(ms.into()));
-    let candidates = {
+    let (candidates, unknown) = {
         let reg = state.registry();
         check_announced(&reg, pid)?;
-        reg.ipcps_of_name(&r.dst)
+        let candidates = reg.ipcps_of_name(&r.dst);
+        if candidates.is_empty() && reg.name(&r.dst).is_none() {
+            // A name this host does not know: every operational IPCP may reach it.
+            (reg.operational_ipcps(), true)
+        } else {
+            (candidates, false)
+        }
     };
     if !candidates.is_empty() {
-        return ipcps::flow_alloc(state, pid, &r.dst, qos, timeout, candidates).await;
+        let result = ipcps::flow_alloc(state, pid, &r.dst, qos.clone(), timeout, candidates).await;
+        match result {
+            // No IPCP reached it: the name may have become local meanwhile; else the
+            // direct allocation says `NotFound` as for any unknown name.
+            Err(refusal) if unknown && refusal.code == ErrorCode::NotFound => {
+                debug!(dst = %r.dst, "no IPCP reaches it: {}", refusal.message);
+            }
+            other => return other,
+        }
     }
     alloc_direct(state, pid, conn, &r.dst, qos, timeout).await
 }

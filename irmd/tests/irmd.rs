@@ -253,8 +253,8 @@ fn names_are_created_listed_and_destroyed() {
     assert_eq!(names(&mut c).len(), 1);
     // Not implemented yet, and saying so.
     let (code, message) = refused(c.call_ok(CreateIpcp {
-        ipcp_type: IpcpType::EthDix.into(),
-        name: "eth".into(),
+        ipcp_type: IpcpType::Udp4.into(),
+        name: "udp".into(),
     }));
     assert_eq!(code, ErrorCode::NotSupported, "{message}");
     // A request without a kind.

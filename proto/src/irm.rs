@@ -103,6 +103,10 @@ pub enum EthMode {
     Xdp = 1,
     /// AF_PACKET only.
     Packet = 2,
+    /// AF_XDP with the program in the driver (native XDP) only.
+    Native = 3,
+    /// AF_XDP with the program in the core stack (generic XDP) only.
+    Generic = 4,
 }
 
 /// Why a request failed.
@@ -417,7 +421,8 @@ pub struct FlowDealloc {
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct ListFlows {}
 
-/// Statistics of one IPCP. Answered with [`IpcpStatsReply`].
+/// Statistics of one IPCP. Answered with [`IpcpStatsReply`]. The IRMd forwards it to the IPCP
+/// (same message), which answers with its counters.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct IpcpStats {
     /// The IPCP's name.
@@ -462,7 +467,8 @@ pub struct IpcpHello {
     pub ipcp_type: i32,
 }
 
-/// IRMd → IPCP: found a layer with this configuration. Answered with [`OkReply`].
+/// IRMd → IPCP: found a layer with this configuration. Answered with [`OkReply`], or with
+/// [`ResponseKind::Ipcp`] whose `backend` says which data path is in effect (Ethernet IPCPs).
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct IpcpBootstrap {
     /// The layer's configuration.
@@ -678,6 +684,11 @@ pub struct IpcpInfo {
     /// Where it is in its life.
     #[prost(enumeration = "IpcpState", tag = "6")]
     pub state: i32,
+    /// The data path in effect, as the IPCP reported it at bootstrap (Ethernet IPCPs: e.g.
+    /// `xdp native (zero-copy)`, `xdp generic (copy)`, `packet`); absent before, or for types
+    /// without a choice.
+    #[prost(string, optional, tag = "7")]
+    pub backend: Option<String>,
 }
 
 /// Where an IPCP is in its life.

@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use o7s_proto::irm::{
     BootstrapIpcp, CreateIpcp, Envelope, ErrorCode, FlowReqArrived, HashAlgo, IpcpBootstrap,
-    IpcpFlowAlloc, IpcpHello, IpcpInfo, IpcpQuery, IpcpRegister, IpcpSelector, IpcpState, IpcpType,
-    IpcpUnregister, ProcessAnnounce, QosSpec, RegisterTarget, Request, Response, ResponseKind,
+    IpcpFlowAlloc, IpcpHello, IpcpInfo, IpcpQuery, IpcpRegister, IpcpSelector, IpcpState,
+    IpcpStats, IpcpType, IpcpUnregister, ProcessAnnounce, QosSpec, RegisterTarget, Request,
+    Response, ResponseKind,
 };
 use sha3::Digest as _;
 use tokio::net::unix::UCred;
@@ -43,6 +44,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a destroyed IPCP has to exit after SIGTERM before it gets SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
+/// The environment variable that tells a spawned IPCP the name of the IRMd's shared pool
+/// (an Ethernet IPCP uses it as its AF_XDP UMEM).
+pub const POOL_ENV: &str = "O7S_POOL";
 /// Extra time an IPCP gets to answer a flow allocation beyond the allocation's timeout.
 const ALLOC_MARGIN: Duration = Duration::from_secs(2);
 
@@ -229,10 +233,10 @@ pub async fn create(state: &Arc<State>, r: CreateIpcp) -> Result<Response, Refus
             format!("unknown IPCP type {}", r.ipcp_type),
         )
     })?;
-    if ipcp_type != IpcpType::Local {
+    if !matches!(ipcp_type, IpcpType::Local | IpcpType::EthDix) {
         return Err(Refusal::new(
             ErrorCode::NotSupported,
-            format!("creating {ipcp_type:?} IPCPs is not implemented yet (only local)"),
+            format!("creating {ipcp_type:?} IPCPs is not implemented yet (only local and eth-dix)"),
         ));
     }
     if state.registry().ipcp(&r.name).is_some() {
@@ -248,6 +252,7 @@ pub async fn create(state: &Arc<State>, r: CreateIpcp) -> Result<Response, Refus
         .arg("--name")
         .arg(&r.name)
         .env(crate::RUNDIR_ENV, &state.rundir)
+        .env(POOL_ENV, state.pool.name())
         .stdin(std::process::Stdio::null())
         .spawn()
         .map_err(|e| {
@@ -320,6 +325,7 @@ pub async fn create(state: &Arc<State>, r: CreateIpcp) -> Result<Response, Refus
             layer: None,
             hash: HashAlgo::Sha3_256.into(),
             state: IpcpState::Init.into(),
+            backend: None,
         });
     Ok(ResponseKind::Ipcp(info).into())
 }
@@ -495,18 +501,23 @@ pub async fn bootstrap(state: &Arc<State>, r: BootstrapIpcp) -> Result<Response,
             CONTROL_TIMEOUT,
         )
         .await?;
-    if !response.is_ok() {
-        return Err(refusal_from(
-            &format!("IPCP {:?} refused the bootstrap", r.name),
-            &response,
-        ));
-    }
+    let backend = match &response.kind {
+        Some(ResponseKind::Ok(_)) => None,
+        Some(ResponseKind::Ipcp(info)) => info.backend.clone(),
+        _ => {
+            return Err(refusal_from(
+                &format!("IPCP {:?} refused the bootstrap", r.name),
+                &response,
+            ));
+        }
+    };
     if let Some(i) = state.registry().ipcp_mut(&r.name) {
         i.layer = Some(layer.clone());
         i.hash = algo;
         i.state = IpcpState::Operational;
+        i.backend.clone_from(&backend);
     }
-    info!(name = %r.name, pid, layer = %layer, hash = ?algo, "IPCP bootstrapped");
+    info!(name = %r.name, pid, layer = %layer, hash = ?algo, ?backend, "IPCP bootstrapped");
     Ok(Response::ok())
 }
 
@@ -620,6 +631,24 @@ pub async fn flow_alloc(
             undo_flow(state, flow.id);
             Err(e)
         }
+    }
+}
+
+/// `IpcpStats`: asks the IPCP for its counters.
+pub async fn stats(state: &Arc<State>, r: IpcpStats) -> Result<Response, Refusal> {
+    let pid = state
+        .registry()
+        .ipcp(&r.name)
+        .map(|i| i.pid)
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no IPCP named {:?}", r.name)))?;
+    let link = link_of(state, pid)?;
+    let response = link.call(r.clone(), CONTROL_TIMEOUT).await?;
+    match response.kind {
+        Some(ResponseKind::Stats(_)) => Ok(response),
+        _ => Err(refusal_from(
+            &format!("IPCP {:?} gave no statistics", r.name),
+            &response,
+        )),
     }
 }
 

@@ -1,0 +1,900 @@
+//! `ipcpd-eth-dix`: the Ethernet DIX IPC process, spawned by the IRMd
+//! (`irm ipcp create name <n> type eth-dix`).
+//!
+//! On `IpcpBootstrap` with an Ethernet configuration (device, EtherType, mode) it maps the
+//! IRMd's shared pool (its name comes in `O7S_POOL`, else it is derived from the run
+//! directory), opens an [`EthIpcp`] on the device with the pool as AF_XDP UMEM, and starts the
+//! event loop on a thread of its own. The IRMd's requests reach that loop as commands:
+//!
+//! * `IpcpRegister`/`IpcpUnregister`: the hash goes into (out of) the layer's registry.
+//! * `IpcpQuery`: a name query in the layer (answered from the directory cache when it has the
+//!   name, else a broadcast NAME_QUERY_REQ waits up to 2 s for a reply).
+//! * `IpcpFlowAlloc`: resolve the name if needed, FLOW_REQ to its MAC; the response is sent when
+//!   the peer answers (or the allocation's timeout passes).
+//! * A FLOW_REQ from the network raises `FlowReqArrived` at the IRMd; its answer (a flow to
+//!   the accepting application) accepts the flow, an error refuses it.
+//! * `IpcpStats`: the counters of [`EthIpcp::snapshot`].
+//!
+//! Data: the SDUs an application writes on its ring are read by the loop and sent as they are
+//! (the DIX header goes into the block's headroom); received SDUs are queued on the
+//! application's ring by block index ([`EthIpcp::bind_flow`]). Neither direction copies.
+//! When an application's ring goes down, or the IRMd says the flow ended, the flow is
+//! deallocated in the layer and the IPCP deallocates its own end at the IRMd.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::time::{Duration, Instant as StdInstant};
+
+use clap::Parser;
+use o7s_ipcpd::runtime::{Error as RuntimeError, Handler, Irm};
+use o7s_pool::{Access, Packet, Pool, RingReader, pool_name};
+use o7s_proto::eth_mgmt::QosSpec as EthQos;
+use o7s_proto::irm::{
+    Counter, ErrorCode, EthConfig, EthMode, FlowDealloc, FlowReqArrived, HashAlgo,
+    IpcpConfig as IrmIpcpConfig, IpcpFlowAlloc, IpcpInfo, IpcpStatsReply, IpcpType, IpcpTypeConfig,
+    QosSpec, RequestKind, Response, ResponseKind,
+};
+use o7s_xdp_ipcp::{
+    DropReason, EthIpcp, Event, Instant, IpcpConfig, ModeChoice, QueryId, QueryStart,
+};
+
+/// How long a bootstrap may take (opening the backend, attaching XDP).
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the handler waits for the loop on a quick command (register, stats).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a query may take: the layer gives up after 2 s.
+const QUERY_WAIT: Duration = Duration::from_millis(2500);
+/// How long the IRMd may take to answer a flow request (its default allocation timeout is
+/// 20 s).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a deallocation may take the IRMd.
+const DEALLOC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the loop keeps spinning after the last activity before it sleeps in `poll`.
+const SPIN: Duration = Duration::from_micros(300);
+/// How long the loop sleeps in `poll` when idle (commands and application SDUs wait this
+/// long at most).
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// SDUs read from one application ring per loop turn.
+const TX_BUDGET: usize = 256;
+
+/// The Ethernet DIX IPC process. The IRMd starts it; it serves until the IRMd closes its
+/// connection.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Run directory of the IRMd.
+    #[arg(long, env = "O7S_RUNDIR", default_value = o7s::rundir::DEFAULT_RUNDIR)]
+    rundir: PathBuf,
+    /// The IPCP's name, as the IRMd created it.
+    #[arg(long)]
+    name: String,
+    /// The IRMd's shared pool (default: the one of the run directory).
+    #[arg(long, env = "O7S_POOL")]
+    pool: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Refusal = (ErrorCode, String);
+type Reply<T> = mpsc::Sender<T>;
+
+/// A flow allocation waiting for the name's MAC or the peer's answer.
+#[derive(Debug)]
+struct AllocReq {
+    flow_id: u32,
+    hash: Vec<u8>,
+    qos: EthQos,
+    tx_ring: u32,
+    rx_ring: u32,
+    deadline: StdInstant,
+    reply: Reply<Result<(), Refusal>>,
+}
+
+/// What the handler (or a helper thread) asks of the event loop.
+#[derive(Debug)]
+enum Cmd {
+    Register(Vec<u8>, Reply<Result<(), Refusal>>),
+    Unregister(Vec<u8>, Reply<bool>),
+    Query(Vec<u8>, Reply<Result<(), Refusal>>),
+    Alloc(AllocReq),
+    /// The IRMd says the flow (its id) ended.
+    Dealloc(u32),
+    /// The IRMd's answer to a flow request that arrived on `eid`: the flow's (id, tx ring,
+    /// rx ring) as the IPCP sees them, or a refusal.
+    Answer {
+        eid: u16,
+        flow: Option<(u32, u32, u32)>,
+    },
+    Stats(Reply<Vec<Counter>>),
+}
+
+/// The running layer.
+#[derive(Debug)]
+struct Running {
+    layer: String,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+/// The request handler.
+#[derive(Debug)]
+struct EthDix {
+    name: String,
+    pool: String,
+    running: Mutex<Option<Running>>,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::error(code, message)
+}
+
+fn hash_len(algo: HashAlgo) -> usize {
+    match algo {
+        HashAlgo::Sha3_224 => 28,
+        HashAlgo::Sha3_256 => 32,
+        HashAlgo::Sha3_384 => 48,
+        HashAlgo::Sha3_512 => 64,
+        HashAlgo::Md5 => 16,
+    }
+}
+
+fn eth_qos(q: Option<&QosSpec>) -> EthQos {
+    let q = q.cloned().unwrap_or_default();
+    EthQos {
+        loss: q.loss,
+        bandwidth: q.bandwidth,
+        ber: q.ber,
+        max_gap: q.max_gap,
+        delay: q.delay,
+        timeout: q.timeout,
+        in_order: u8::try_from(q.in_order).unwrap_or(u8::MAX),
+        availability: u8::try_from(q.availability).unwrap_or(u8::MAX),
+    }
+}
+
+fn irm_qos(q: &EthQos) -> QosSpec {
+    QosSpec {
+        delay: q.delay,
+        bandwidth: q.bandwidth,
+        availability: q.availability.into(),
+        loss: q.loss,
+        ber: q.ber,
+        in_order: q.in_order.into(),
+        max_gap: q.max_gap,
+        timeout: q.timeout,
+    }
+}
+
+/// The modes to try for an IRM mode, in order.
+fn modes(mode: EthMode) -> &'static [ModeChoice] {
+    match mode {
+        EthMode::Auto => &[ModeChoice::Auto],
+        EthMode::Xdp => &[ModeChoice::Native, ModeChoice::Generic],
+        EthMode::Native => &[ModeChoice::Native],
+        EthMode::Generic => &[ModeChoice::Generic],
+        EthMode::Packet => &[ModeChoice::Packet],
+    }
+}
+
+/// What the loop thread needs to open the layer.
+struct Setup {
+    pool: String,
+    eth: EthConfig,
+    mode: EthMode,
+    hash_len: usize,
+    irm: Arc<Irm>,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl EthDix {
+    fn bootstrap(&self, irm: &Arc<Irm>, config: Option<IrmIpcpConfig>) -> Response {
+        let Some(config) = config else {
+            return refuse(ErrorCode::InvalidArgument, "no configuration");
+        };
+        let Some(IpcpTypeConfig::Eth(eth)) = config.type_config.clone() else {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                "an eth-dix IPCP needs an Ethernet configuration (dev, ethertype, mode)",
+            );
+        };
+        if eth.dev.is_empty() {
+            return refuse(ErrorCode::InvalidArgument, "no network device given");
+        }
+        let Ok(algo) = HashAlgo::try_from(config.hash) else {
+            return refuse(ErrorCode::InvalidArgument, "unknown hash algorithm");
+        };
+        let Ok(mode) = EthMode::try_from(eth.mode) else {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!("unknown Ethernet mode {}", eth.mode),
+            );
+        };
+        let mut running = lock(&self.running);
+        if let Some(r) = running.as_ref() {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!("already bootstrapped in layer {:?}", r.layer),
+            );
+        }
+        let (cmds, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let setup = Setup {
+            pool: self.pool.clone(),
+            eth,
+            mode,
+            hash_len: hash_len(algo),
+            irm: irm.clone(),
+            cmds: cmds.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("eth-loop".into())
+            .spawn(move || event_loop(setup, &rx, &ready_tx));
+        if let Err(e) = spawned {
+            return refuse(ErrorCode::Busy, format!("no thread for the layer: {e}"));
+        }
+        let backend = match ready_rx.recv_timeout(BOOTSTRAP_TIMEOUT) {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(message)) => return refuse(ErrorCode::Internal, message),
+            Err(_) => {
+                return refuse(
+                    ErrorCode::Internal,
+                    "the layer did not start in time (or its thread failed)",
+                );
+            }
+        };
+        eprintln!(
+            "ipcpd-eth-dix: {} bootstrapped in layer {:?}: {backend}",
+            self.name, config.layer
+        );
+        *running = Some(Running {
+            layer: config.layer.clone(),
+            cmds,
+        });
+        ResponseKind::Ipcp(IpcpInfo {
+            pid: irm.pid(),
+            ipcp_type: IpcpType::EthDix.into(),
+            name: self.name.clone(),
+            layer: Some(config.layer),
+            hash: config.hash,
+            state: 0,
+            backend: Some(backend),
+        })
+        .into()
+    }
+
+    /// Sends `cmd` to the loop; the loop's answer comes on the channel `cmd` holds.
+    fn command(&self, cmd: Cmd) -> Result<(), Refusal> {
+        let cmds = lock(&self.running).as_ref().map(|r| r.cmds.clone());
+        let Some(cmds) = cmds else {
+            return Err((ErrorCode::InvalidArgument, "not bootstrapped".to_owned()));
+        };
+        cmds.send(cmd).map_err(|_| {
+            (
+                ErrorCode::Internal,
+                "the layer's event loop has stopped".to_owned(),
+            )
+        })
+    }
+}
+
+fn wait<T>(rx: &mpsc::Receiver<T>, timeout: Duration, what: &str) -> Result<T, Refusal> {
+    rx.recv_timeout(timeout).map_err(|_| {
+        (
+            ErrorCode::TimedOut,
+            format!("the layer did not answer the {what} in time"),
+        )
+    })
+}
+
+fn answer(result: Result<(), Refusal>) -> Response {
+    match result {
+        Ok(()) => Response::ok(),
+        Err((code, message)) => refuse(code, message),
+    }
+}
+
+impl Handler for EthDix {
+    fn handle(&self, irm: &Arc<Irm>, request: RequestKind) -> Response {
+        let result = match request {
+            RequestKind::IpcpBootstrap(r) => return self.bootstrap(irm, r.config),
+            RequestKind::IpcpRegister(r) => {
+                let (tx, rx) = mpsc::channel();
+                self.command(Cmd::Register(r.hash, tx))
+                    .and_then(|()| wait(&rx, COMMAND_TIMEOUT, "registration"))
+                    .map(answer)
+            }
+            RequestKind::IpcpUnregister(r) => {
+                let (tx, rx) = mpsc::channel();
+                self.command(Cmd::Unregister(r.hash, tx))
+                    .and_then(|()| wait(&rx, COMMAND_TIMEOUT, "unregistration"))
+                    .map(|was| {
+                        if was {
+                            Response::ok()
+                        } else {
+                            refuse(ErrorCode::NotFound, "hash not registered")
+                        }
+                    })
+            }
+            RequestKind::IpcpQuery(r) => {
+                let (tx, rx) = mpsc::channel();
+                self.command(Cmd::Query(r.hash, tx))
+                    .and_then(|()| wait(&rx, QUERY_WAIT, "name query"))
+                    .map(answer)
+            }
+            RequestKind::IpcpFlowAlloc(r) => self.flow_alloc(r),
+            RequestKind::IpcpFlowDealloc(r) => self
+                .command(Cmd::Dealloc(r.flow_id))
+                .map(|()| Response::ok()),
+            RequestKind::IpcpStats(_) => {
+                let (tx, rx) = mpsc::channel();
+                self.command(Cmd::Stats(tx))
+                    .and_then(|()| wait(&rx, COMMAND_TIMEOUT, "statistics request"))
+                    .map(|counters| {
+                        ResponseKind::Stats(IpcpStatsReply {
+                            name: self.name.clone(),
+                            counters,
+                        })
+                        .into()
+                    })
+            }
+            other => Ok(refuse(
+                ErrorCode::NotSupported,
+                format!("the eth-dix IPCP does not serve {}", other.name()),
+            )),
+        };
+        result.unwrap_or_else(|(code, message)| refuse(code, message))
+    }
+}
+
+impl EthDix {
+    fn flow_alloc(&self, r: IpcpFlowAlloc) -> Result<Response, Refusal> {
+        if r.pool != self.pool {
+            return Ok(refuse(
+                ErrorCode::NotSupported,
+                format!(
+                    "flow {} uses pool {:?}; this IPCP's UMEM is {:?}",
+                    r.flow_id, r.pool, self.pool
+                ),
+            ));
+        }
+        let timeout = Duration::from_millis(r.timeout_ms.into());
+        let (tx, rx) = mpsc::channel();
+        self.command(Cmd::Alloc(AllocReq {
+            flow_id: r.flow_id,
+            hash: r.hash,
+            qos: eth_qos(r.qos.as_ref()),
+            tx_ring: r.tx_ring,
+            rx_ring: r.rx_ring,
+            deadline: StdInstant::now() + timeout,
+            reply: tx,
+        }))?;
+        wait(&rx, timeout + Duration::from_secs(1), "flow allocation").map(answer)
+    }
+}
+
+/// One allocated flow: the application's ring the loop reads, and an SDU the backend had no
+/// room for yet.
+struct FlowEnd<'p> {
+    flow_id: u32,
+    reader: RingReader<'p>,
+    pending: Option<Packet<'p>>,
+}
+
+/// What waits for a name query.
+enum QueryWaiter {
+    Query(Reply<Result<(), Refusal>>),
+    Alloc(AllocReq),
+}
+
+/// The event loop's state besides the IPCP itself.
+struct Loop<'p> {
+    pool: &'p Pool,
+    irm: Arc<Irm>,
+    cmds: mpsc::Sender<Cmd>,
+    start: StdInstant,
+    flows: HashMap<u16, FlowEnd<'p>>,
+    by_id: HashMap<u32, u16>,
+    queries: Vec<(QueryId, QueryWaiter)>,
+    allocs: HashMap<u16, AllocReq>,
+    /// SDUs the layer refused to send (too long for the MTU…).
+    tx_refused: u64,
+}
+
+fn open<'p>(pool: &'p Pool, setup: &Setup) -> Result<EthIpcp<'p>, String> {
+    let mut errors = Vec::new();
+    for &mode in modes(setup.mode) {
+        let mut config = IpcpConfig::new(&setup.eth.dev);
+        config.hash_len = setup.hash_len;
+        config.backend.mode = mode;
+        if setup.eth.ethertype != 0 {
+            config.backend.ethertype = u16::try_from(setup.eth.ethertype)
+                .map_err(|_| format!("EtherType {:#x} is not 16 bits", setup.eth.ethertype))?;
+        }
+        match EthIpcp::open(pool, &config) {
+            Ok(ipcp) => return Ok(ipcp),
+            Err(e) => errors.push(format!("{mode:?}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot open the layer on {:?}: {}",
+        setup.eth.dev,
+        errors.join("; ")
+    ))
+}
+
+fn event_loop(
+    setup: Setup,
+    cmds: &mpsc::Receiver<Cmd>,
+    ready: &mpsc::Sender<Result<String, String>>,
+) {
+    let pool = match Pool::open(&setup.pool) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot open pool {:?}: {e}", setup.pool)));
+            return;
+        }
+    };
+    let mut ipcp = match open(&pool, &setup) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(ipcp.backend_info().to_string()));
+    let mut state = Loop {
+        pool: &pool,
+        irm: setup.irm.clone(),
+        cmds: setup.cmds.clone(),
+        start: StdInstant::now(),
+        flows: HashMap::new(),
+        by_id: HashMap::new(),
+        queries: Vec::new(),
+        allocs: HashMap::new(),
+        tx_refused: 0,
+    };
+    drop(setup);
+    let mut last_busy = StdInstant::now();
+    loop {
+        let mut busy = false;
+        loop {
+            match cmds.try_recv() {
+                Ok(cmd) => {
+                    busy = true;
+                    state.command(&mut ipcp, cmd);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Every sender is gone: the handler (and so the process) is ending.
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let now = state.now();
+        match ipcp.poll(now) {
+            Ok(activity) => busy |= !activity.is_idle(),
+            Err(e) => {
+                eprintln!("ipcpd-eth-dix: poll: {e}");
+                std::thread::sleep(IDLE_WAIT);
+            }
+        }
+        while let Some(event) = ipcp.layer_mut().poll_event() {
+            busy = true;
+            state.event(&mut ipcp, event);
+        }
+        busy |= state.transmit(&mut ipcp);
+        state.expire(&mut ipcp);
+        if busy {
+            last_busy = StdInstant::now();
+        } else if last_busy.elapsed() > SPIN {
+            if let Err(e) = ipcp.wait(IDLE_WAIT) {
+                eprintln!("ipcpd-eth-dix: wait: {e}");
+                std::thread::sleep(IDLE_WAIT);
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl<'p> Loop<'p> {
+    fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn command(&mut self, ipcp: &mut EthIpcp<'p>, cmd: Cmd) {
+        match cmd {
+            Cmd::Register(hash, reply) => {
+                let r = ipcp
+                    .layer_mut()
+                    .register(&hash)
+                    .map(drop)
+                    .map_err(|e| (ErrorCode::InvalidArgument, e.to_string()));
+                let _ = reply.send(r);
+            }
+            Cmd::Unregister(hash, reply) => {
+                let _ = reply.send(ipcp.layer_mut().unregister(&hash));
+            }
+            Cmd::Query(hash, reply) => {
+                let now = self.now();
+                match ipcp.layer_mut().query(&hash, now) {
+                    Ok(QueryStart::Resolved(_)) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Ok(QueryStart::Pending(id)) => {
+                        self.queries.push((id, QueryWaiter::Query(reply)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err((ErrorCode::InvalidArgument, e.to_string())));
+                    }
+                }
+            }
+            Cmd::Alloc(req) => {
+                let now = self.now();
+                match ipcp.layer_mut().query(&req.hash, now) {
+                    Ok(QueryStart::Resolved(_)) => self.alloc(ipcp, req),
+                    Ok(QueryStart::Pending(id)) => {
+                        self.queries.push((id, QueryWaiter::Alloc(req)));
+                    }
+                    Err(e) => {
+                        let _ = req
+                            .reply
+                            .send(Err((ErrorCode::InvalidArgument, e.to_string())));
+                    }
+                }
+            }
+            Cmd::Dealloc(flow_id) => {
+                if let Some(eid) = self.by_id.get(&flow_id).copied() {
+                    self.end_flow(ipcp, eid, "the irmd ended it");
+                }
+            }
+            Cmd::Answer { eid, flow } => self.answer(ipcp, eid, flow),
+            Cmd::Stats(reply) => {
+                let _ = reply.send(self.counters(ipcp));
+            }
+        }
+    }
+
+    /// Sends the FLOW_REQ of a resolved allocation.
+    fn alloc(&mut self, ipcp: &mut EthIpcp<'p>, req: AllocReq) {
+        match ipcp.layer_mut().flow_alloc(&req.hash, req.qos, b"") {
+            Ok(eid) => {
+                self.allocs.insert(eid, req);
+            }
+            Err(e) => {
+                let _ = req.reply.send(Err((ErrorCode::Busy, e.to_string())));
+            }
+        }
+    }
+
+    /// The IRMd answered a flow request that arrived on `eid`.
+    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<(u32, u32, u32)>) {
+        let bound = flow.map(|(flow_id, tx, rx)| {
+            let reader = ipcp
+                .bind_flow(eid, tx)
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.pool.ring_reader(rx).map_err(|e| e.to_string()));
+            (flow_id, reader)
+        });
+        match bound {
+            Some((flow_id, Ok(reader))) => {
+                if let Err(e) = ipcp.layer_mut().flow_accept(eid, b"") {
+                    eprintln!("ipcpd-eth-dix: cannot accept flow eid {eid}: {e}");
+                    ipcp.unbind_flow(eid);
+                    let _ = ipcp.layer_mut().flow_dealloc(eid);
+                    self.dealloc_at_irmd(flow_id);
+                    return;
+                }
+                self.flows.insert(
+                    eid,
+                    FlowEnd {
+                        flow_id,
+                        reader,
+                        pending: None,
+                    },
+                );
+                self.by_id.insert(flow_id, eid);
+                eprintln!("ipcpd-eth-dix: flow {flow_id} accepted on eid {eid}");
+            }
+            Some((flow_id, Err(e))) => {
+                eprintln!("ipcpd-eth-dix: flow {flow_id}: rings not usable: {e}");
+                ipcp.unbind_flow(eid);
+                let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+                self.dealloc_at_irmd(flow_id);
+            }
+            None => {
+                let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+            }
+        }
+    }
+
+    fn event(&mut self, ipcp: &mut EthIpcp<'p>, event: Event) {
+        match event {
+            Event::QueryResolved { id, .. } | Event::QueryTimedOut { id, .. } => {
+                let resolved = matches!(event, Event::QueryResolved { .. });
+                let mut i = 0;
+                while i < self.queries.len() {
+                    if self.queries[i].0 != id {
+                        i += 1;
+                        continue;
+                    }
+                    let (_, waiter) = self.queries.swap_remove(i);
+                    match waiter {
+                        QueryWaiter::Query(reply) => {
+                            let _ = reply.send(if resolved {
+                                Ok(())
+                            } else {
+                                Err((ErrorCode::NotFound, "no answer in the layer".to_owned()))
+                            });
+                        }
+                        QueryWaiter::Alloc(req) if resolved => self.alloc(ipcp, req),
+                        QueryWaiter::Alloc(req) => {
+                            let _ = req.reply.send(Err((
+                                ErrorCode::NotFound,
+                                "the name is not reachable in the layer".to_owned(),
+                            )));
+                        }
+                    }
+                }
+            }
+            Event::FlowReqArrived { eid, hash, qos, .. } => {
+                let (irm, cmds) = (self.irm.clone(), self.cmds.clone());
+                let spawned = std::thread::Builder::new().name("flow-req".into()).spawn(
+                    move || {
+                        let request = FlowReqArrived {
+                            hash,
+                            qos: Some(irm_qos(&qos)),
+                            timeout_ms: 0,
+                        };
+                        let flow = match irm.call_ok(request, ANSWER_TIMEOUT) {
+                            Ok(Some(ResponseKind::Flow(info))) => {
+                                Some((info.flow_id, info.tx_ring, info.rx_ring))
+                            }
+                            Ok(other) => {
+                                eprintln!(
+                                    "ipcpd-eth-dix: unexpected answer to FlowReqArrived: {other:?}"
+                                );
+                                None
+                            }
+                            Err(e) => {
+                                eprintln!("ipcpd-eth-dix: flow request on eid {eid} refused: {e}");
+                                None
+                            }
+                        };
+                        let _ = cmds.send(Cmd::Answer { eid, flow });
+                    },
+                );
+                if let Err(e) = spawned {
+                    eprintln!("ipcpd-eth-dix: no thread for a flow request: {e}");
+                    let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+                }
+            }
+            Event::FlowAllocated { eid, .. } => {
+                let Some(req) = self.allocs.remove(&eid) else {
+                    // Given up on meanwhile.
+                    let _ = ipcp.layer_mut().flow_dealloc(eid);
+                    return;
+                };
+                let reader = ipcp
+                    .bind_flow(eid, req.tx_ring)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        self.pool
+                            .ring_reader(req.rx_ring)
+                            .map_err(|e| e.to_string())
+                    });
+                match reader {
+                    Ok(reader) => {
+                        self.flows.insert(
+                            eid,
+                            FlowEnd {
+                                flow_id: req.flow_id,
+                                reader,
+                                pending: None,
+                            },
+                        );
+                        self.by_id.insert(req.flow_id, eid);
+                        if req.reply.send(Ok(())).is_err() {
+                            // The handler gave up: the IRMd undoes the flow.
+                            self.end_flow(ipcp, eid, "the allocation was given up");
+                        } else {
+                            eprintln!("ipcpd-eth-dix: flow {} allocated on eid {eid}", req.flow_id);
+                        }
+                    }
+                    Err(e) => {
+                        ipcp.unbind_flow(eid);
+                        let _ = ipcp.layer_mut().flow_dealloc(eid);
+                        let _ = req.reply.send(Err((
+                            ErrorCode::InvalidArgument,
+                            format!("flow {}: rings not usable: {e}", req.flow_id),
+                        )));
+                    }
+                }
+            }
+            Event::FlowAllocFailed { eid, response, .. } => {
+                if let Some(req) = self.allocs.remove(&eid) {
+                    let _ = req.reply.send(Err((
+                        ErrorCode::PermissionDenied,
+                        format!("the peer refused the flow (response {response})"),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Moves the applications' SDUs to the backend; returns whether it sent any.
+    fn transmit(&mut self, ipcp: &mut EthIpcp<'p>) -> bool {
+        let mut sent = false;
+        let mut ended: Vec<(u16, String)> = Vec::new();
+        for (&eid, end) in &mut self.flows {
+            for _ in 0..TX_BUDGET {
+                let packet = match end.pending.take() {
+                    Some(p) => p,
+                    None => match end.reader.try_read() {
+                        Ok(p) => p,
+                        Err(e) if e.is_would_block() => break,
+                        Err(e) => {
+                            ended.push((eid, e.to_string()));
+                            break;
+                        }
+                    },
+                };
+                match ipcp.send(eid, packet) {
+                    Ok(()) => sent = true,
+                    Err((packet, e)) if e.is_would_block() => {
+                        end.pending = Some(packet);
+                        break;
+                    }
+                    // The block goes back to the pool; counted.
+                    Err((_packet, _e)) => self.tx_refused += 1,
+                }
+            }
+        }
+        for (eid, why) in ended {
+            self.end_flow(ipcp, eid, &why);
+        }
+        sent
+    }
+
+    /// Gives up on allocations whose deadline passed.
+    fn expire(&mut self, ipcp: &mut EthIpcp<'p>) {
+        if self.allocs.is_empty() && self.queries.is_empty() {
+            return;
+        }
+        let now = StdInstant::now();
+        let expired: Vec<u16> = self
+            .allocs
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&eid, _)| eid)
+            .collect();
+        for eid in expired {
+            if let Some(req) = self.allocs.remove(&eid) {
+                let _ = ipcp.layer_mut().flow_dealloc(eid);
+                let _ = req.reply.send(Err((
+                    ErrorCode::TimedOut,
+                    "the peer did not answer the flow request in time".to_owned(),
+                )));
+            }
+        }
+    }
+
+    /// Ends flow `eid`: unbinds it, frees it in the layer, deallocates the IPCP's end.
+    fn end_flow(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, why: &str) {
+        let Some(end) = self.flows.remove(&eid) else {
+            return;
+        };
+        self.by_id.remove(&end.flow_id);
+        ipcp.unbind_flow(eid);
+        let _ = ipcp.layer_mut().flow_dealloc(eid);
+        eprintln!(
+            "ipcpd-eth-dix: flow {} (eid {eid}) ends: {why}",
+            end.flow_id
+        );
+        self.dealloc_at_irmd(end.flow_id);
+    }
+
+    fn dealloc_at_irmd(&self, flow_id: u32) {
+        let irm = self.irm.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dealloc".into())
+            .spawn(move || {
+                if let Err(e) = irm.call_ok(FlowDealloc { flow_id }, DEALLOC_TIMEOUT) {
+                    eprintln!("ipcpd-eth-dix: cannot deallocate flow {flow_id}: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("ipcpd-eth-dix: no thread to deallocate flow {flow_id}: {e}");
+        }
+    }
+
+    fn counters(&self, ipcp: &EthIpcp<'p>) -> Vec<Counter> {
+        let mut c: Vec<(String, u64)> = Vec::new();
+        let info = ipcp.backend_info();
+        c.push((format!("backend: {info}"), 1));
+        c.push(("zero copy".into(), u64::from(info.zero_copy)));
+        match ipcp.snapshot() {
+            Ok(s) => {
+                let b = s.backend_stats;
+                c.extend([
+                    ("rx frames".into(), b.rx_frames),
+                    ("tx frames".into(), b.tx_frames),
+                    ("rx no buffer".into(), b.rx_no_buffer),
+                    ("rx truncated".into(), b.rx_truncated),
+                    ("tx copied".into(), b.tx_copied),
+                    ("tx completed".into(), b.tx_completed),
+                    ("sdus delivered".into(), s.ipcp.delivered),
+                    ("sdus sent".into(), s.ipcp.sent),
+                    ("drops ring full".into(), s.ipcp.ring_full),
+                    ("drops no ring".into(), s.ipcp.no_ring),
+                    ("drops layer".into(), s.layer.dropped_total()),
+                    (
+                        "drops unknown eid".into(),
+                        s.dropped(DropReason::UnknownEid),
+                    ),
+                    ("tx refused".into(), self.tx_refused),
+                    ("mgmt in".into(), s.mgmt_in()),
+                    ("mgmt out".into(), s.mgmt_out()),
+                    ("flows".into(), s.flows.len() as u64),
+                ]);
+                if let Some(x) = s.xsk {
+                    c.extend([
+                        ("xsk rx dropped".into(), x.rx_dropped),
+                        ("xsk rx ring full".into(), x.rx_ring_full),
+                        ("xsk fill ring empty".into(), x.fill_ring_empty),
+                        ("xsk tx invalid".into(), x.tx_invalid),
+                    ]);
+                }
+                if let Some(p) = s.program {
+                    c.extend([
+                        ("xdp matched".into(), p.matched),
+                        ("xdp passed".into(), p.passed),
+                        ("xdp redirect failed".into(), p.redirect_failed),
+                    ]);
+                }
+            }
+            Err(e) => eprintln!("ipcpd-eth-dix: snapshot: {e}"),
+        }
+        c.into_iter()
+            .map(|(name, value)| Counter { name, value })
+            .collect()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let pool = args
+        .pool
+        .clone()
+        .unwrap_or_else(|| pool_name(&o7s::rundir::shm_prefix_for(&args.rundir), Access::Shared));
+    let handler = Arc::new(EthDix {
+        name: args.name.clone(),
+        pool,
+        running: Mutex::new(None),
+    });
+    match Irm::start(&args.rundir, &args.name, IpcpType::EthDix, handler) {
+        Ok((_irm, reader)) => {
+            eprintln!(
+                "ipcpd-eth-dix: {} (pid {}) up",
+                args.name,
+                std::process::id()
+            );
+            let _ = reader.join();
+            eprintln!(
+                "ipcpd-eth-dix: {}: the irmd closed the connection",
+                args.name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(RuntimeError::Refused { message, .. }) => {
+            eprintln!("ipcpd-eth-dix: {}: the irmd refused: {message}", args.name);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ipcpd-eth-dix: {}: {e}", args.name);
+            ExitCode::from(1)
+        }
+    }
+}
