@@ -74,7 +74,8 @@ Usage: irm ipcp bootstrap name <name> layer <layer> [type <type>] [hash <hash>]
   hash       SHA3_224 | SHA3_256 (default) | SHA3_384 | SHA3_512
   dev        network interface (eth-llc, eth-dix: required)
   ethertype  eth-dix EtherType in hex, 0x0600 <= e < 0xFFFF (default 0xA000)
-  mode       eth backend: auto (default) | xdp | packet
+  mode       eth backend: auto (default) | xdp (native, else generic) | native | generic |
+             packet
   autobind   bind the IPCP to its name and to the layer name (unicast, broadcast)
 The reference's unicast and udp options (addr, eid, ttl, addr_auth, directory, dht_*,
 routing, ls_*, congestion, ip, port, dns) are recognised but not supported yet.";
