@@ -20,7 +20,7 @@ pub fn xdp_pass() -> Result<PathBuf, String> {
          char _license[] SEC(\"license\") = \"GPL\";\n",
     )
     .map_err(|e| format!("writing {}: {e}", src.display()))?;
-    let tmp = dir.join("xdp_pass.o.tmp");
+    let tmp = dir.join(format!("xdp_pass.o.{}.tmp", std::process::id()));
     let out = Command::new("clang")
         .args(["-O2", "-g", "-target", "bpf", "-c"])
         .arg(&src)

@@ -62,12 +62,16 @@ impl Default for Qemu {
 const MODULES: &[&str] = &["virtio_net", "sch_netem"];
 
 const INIT: &str = r#"#!/bin/busybox sh
+# End the firmware's last console line: markers must start a line.
+echo
 /bin/busybox --install -s /bin
 export PATH=/o7s/bin:/bin:/usr/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+# Kernel messages must not split the marker lines the harness reads.
+dmesg -n 1
 mkdir -p /dev/shm /run/o7s /var/log/o7s /tmp
 mount -t tmpfs shm /dev/shm
 export IP=/usr/bin/ip TC=/usr/bin/tc O7S_BIN=/o7s/bin O7S_LOG=/var/log/o7s O7S_RUNDIR=/run/o7s
@@ -164,7 +168,7 @@ fn host_script(s: &Scenario, host: &str) -> String {
         out += &format!(
             "echo {}\n\
              out=$(timeout {timeout} sh -c {} </dev/null 2>&1); rc=$?\n\
-             printf '%s\\n' \"$out\"\n",
+             printf '%s\\n' \"$out\" | sed 's/^/    /'\n",
             shell_quote(&format!("VM-STEP {i} run [{host}] $ {cmd}")),
             shell_quote(&cmd)
         );
@@ -195,6 +199,30 @@ fn host_script(s: &Scenario, host: &str) -> String {
             };
         }
         out += &format!("echo 'VM-STEP {i} ok'\n");
+    }
+    out
+}
+
+/// A console line without terminal escape sequences (SeaBIOS clears the screen) or control
+/// characters.
+fn strip_escapes(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next_if_eq(&'[').is_some() {
+                // CSI: parameters, then one final byte in '@'..='~'.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() {
+            out.push(c);
+        }
     }
     out
 }
@@ -448,7 +476,8 @@ impl Qemu {
                         ));
                     }
                 }
-                Event::Line(h, line) => {
+                Event::Line(h, raw) => {
+                    let line = strip_escapes(&raw);
                     if self.verbose {
                         println!("[{}] {line}", guests[h].name);
                     }
@@ -460,7 +489,8 @@ impl Qemu {
                             consoles(guests)
                         ));
                     }
-                    if let Some(rest) = line.split("VM-RESULT: ").nth(1) {
+                    // Markers count only at the start of a line (step output is indented).
+                    if let Some(rest) = line.strip_prefix("VM-RESULT: ") {
                         guests[h].result = Some(rest.trim().to_string());
                         if rest.starts_with("fail") {
                             let why = format!(
@@ -478,8 +508,7 @@ impl Qemu {
                             return Verdict::Pass;
                         }
                     } else if let Some(n) = line
-                        .split("VM-SYNC ")
-                        .nth(1)
+                        .strip_prefix("VM-SYNC ")
                         .and_then(|r| r.trim().parse::<usize>().ok())
                     {
                         guests[h].sync = Some(n);
@@ -499,6 +528,31 @@ impl Qemu {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(
+            strip_escapes("\x1bc\x1b[?7l\x1b[2JVM-SYNC 0\r"),
+            "VM-SYNC 0"
+        );
+        assert_eq!(strip_escapes("plain"), "plain");
+    }
+
+    #[test]
+    fn every_host_syncs_at_every_step() {
+        let s = crate::scenarios::by_name("three-host-line").unwrap();
+        for h in &s.hosts {
+            let script = host_script(&s, h);
+            for i in 0..s.steps.len() {
+                assert!(script.contains(&format!("sync_point {i}\n")));
             }
         }
     }
