@@ -375,3 +375,22 @@ pub fn static_busybox() -> Option<PathBuf> {
     // `ldd` fails with "not a dynamic executable" on static binaries.
     (!ldd.status.success()).then_some(p)
 }
+
+/// A static busybox for the guests: this machine's (Debian's busybox-static installs
+/// `/bin/busybox`), else the busybox-static package downloaded and extracted into the cache (it
+/// conflicts with Debian's dynamic `busybox`, which initramfs-tools machines often have).
+pub fn busybox(cache: &Path) -> Result<PathBuf> {
+    if let Some(p) = static_busybox() {
+        return Ok(p);
+    }
+    let dir = cache.join("busybox-static");
+    let bin = dir.join("bin/busybox");
+    if !bin.exists() {
+        let deb = PrivateApt::ensure(cache)?.download("busybox-static")?;
+        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    }
+    if !bin.exists() {
+        bail!("busybox-static has no bin/busybox");
+    }
+    Ok(bin)
+}

@@ -262,7 +262,7 @@ impl Qemu {
         let kernel = image::kernel(&cache)?;
         let mut img = Initramfs::new();
         img.file("init", 0o755, INIT.as_bytes());
-        let busybox = image::static_busybox().context("no static busybox")?;
+        let busybox = image::busybox(&cache)?;
         img.copy(&busybox, "bin/busybox", 0o755)?;
         for tool in ["ip", "tc"] {
             let path = image::which(tool).with_context(|| format!("iproute2's {tool} missing"))?;
@@ -310,11 +310,6 @@ impl Backend for Qemu {
                 "qemu-system-x86_64 is missing (`cargo xtask vm-test` installs it)".into(),
             ));
         };
-        if image::static_busybox().is_none() {
-            return Ok(Verdict::Skip(
-                "a static busybox is missing (apt-get install busybox-static)".into(),
-            ));
-        }
         util::sweep_stale();
         let scratch = TempDir::new(util::NS_PREFIX)?;
         let (vmlinuz, initrd) = self.build_image(s, &scratch.0)?;
@@ -342,8 +337,11 @@ impl Backend for Qemu {
         let mut guests = Vec::new();
         for (h, name) in s.hosts.iter().enumerate() {
             let mut cmd = ns.exec(&qemu_bin.to_string_lossy());
-            cmd.args(["-accel", &self.accel, "-nographic", "-no-reboot"])
-                .args(["-m", &self.memory_mib.to_string()])
+            cmd.args(["-accel", &self.accel, "-nographic", "-no-reboot"]);
+            if self.accel == "kvm" {
+                cmd.args(["-cpu", "host"]);
+            }
+            cmd.args(["-m", &self.memory_mib.to_string()])
                 .args(["-smp", &self.cpus.to_string()])
                 .arg("-kernel")
                 .arg(&vmlinuz)

@@ -28,17 +28,19 @@ fn missing() -> Vec<&'static str> {
     missing_of(PACKAGES)
 }
 
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
 fn missing_of(packages: &[(&'static str, &str)]) -> Vec<&'static str> {
     packages
         .iter()
         .map(|(name, _)| *name)
-        .filter(|name| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", name])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
-        })
+        .filter(|name| !installed(name))
         .collect()
 }
 
@@ -108,14 +110,37 @@ fn install(missing: &[&str]) -> Result<()> {
 /// private APT configuration that adds that suite) and busybox-static when missing, as root;
 /// otherwise prints the exact commands.
 pub fn ensure_vm_packages() -> Result<()> {
-    let missing = missing_of(VM_PACKAGES);
+    use o7s_vm_tests::image::{static_busybox, which};
+    // busybox-static conflicts with Debian's `busybox`: where that is installed, the harness
+    // downloads busybox-static into its cache instead.
+    let has_busybox = static_busybox().is_some() || installed("busybox");
+    if which("qemu-system-x86_64").is_some() && has_busybox {
+        return Ok(());
+    }
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!("not a Debian/Ubuntu machine: install qemu-system-x86_64 and a static busybox");
+    }
+    let mut missing = missing_of(VM_PACKAGES);
+    if has_busybox {
+        missing.retain(|p| *p != "busybox-static");
+    }
     if missing.is_empty() {
+        // Installed but not usable (no static busybox on PATH): the harness downloads one.
         return Ok(());
     }
     let apt = o7s_vm_tests::image::PrivateApt::ensure(&o7s_vm_tests::cache_dir())?;
     let conf = apt.conf.display();
-    let install = "install -y --no-install-recommends -t bookworm-backports \
-                   qemu-system-x86 qemu-system-common qemu-system-data busybox-static";
+    let mut install = "install -y --no-install-recommends -t bookworm-backports".to_string();
+    if missing.contains(&"qemu-system-x86") {
+        install += " qemu-system-x86 qemu-system-common qemu-system-data";
+    }
+    if missing.contains(&"busybox-static") {
+        install += " busybox-static";
+    }
     if !is_root() {
         bail!(
             "missing {}; run as root:\n  APT_CONFIG={conf} apt-get update && \
