@@ -5,7 +5,8 @@ use std::time::Duration;
 use crate::artifacts;
 use crate::scenario::{Action, Expect, Requirement, Scenario};
 
-/// Names of all scenarios, in the order `cargo xtask vm-test` runs them.
+/// Names of all scenarios, in the order `cargo xtask vm-test` runs them. `by_name` also knows
+/// `selftest-fail`, which must fail (it checks that the harness reports failures).
 pub const NAMES: &[&str] = &[
     "two-host-ping",
     "link-flap",
@@ -14,6 +15,11 @@ pub const NAMES: &[&str] = &[
     "three-host-line",
     "o7s-local-oping",
 ];
+
+/// Whether `by_name` knows this name (without building the scenario's payload).
+pub fn known(name: &str) -> bool {
+    NAMES.contains(&name) || name == "selftest-fail"
+}
 
 /// Builds a scenario by name (payloads it needs are built or fetched now).
 pub fn by_name(name: &str) -> Option<Scenario> {
@@ -24,6 +30,7 @@ pub fn by_name(name: &str) -> Option<Scenario> {
         "three-host-lan" => three_host_lan(),
         "three-host-line" => three_host_line(),
         "o7s-local-oping" => o7s_local_oping(),
+        "selftest-fail" => selftest_fail(),
         _ => return None,
     })
 }
@@ -248,4 +255,13 @@ pub fn three_host_line() -> Scenario {
         .wait_for("a", "ping -c 1 -W 1 10.77.1.2", Duration::from_secs(60))
         .run("a", "ping -c 3 10.77.1.2", &[" 0% packet loss"])
         .run("c", "ping -c 1 10.77.0.1", &["ttl=63"])
+}
+
+/// Must fail at its second step (an assertion that does not hold on b) while a waits at the
+/// next sync point: checks failure reporting and clean-up.
+pub fn selftest_fail() -> Scenario {
+    two_hosts("selftest-fail")
+        .run("a", "echo hello", &["hello"])
+        .run("b", "echo hello", &["goodbye"])
+        .run("a", "echo never", &[])
 }

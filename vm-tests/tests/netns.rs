@@ -38,3 +38,18 @@ fn three_host_lan() {
 fn three_host_line() {
     run("three-host-line");
 }
+
+#[test]
+fn a_failing_step_fails_the_scenario() {
+    if !o7s_vm_tests::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let scenario = scenarios::by_name("selftest-fail").expect("known scenario");
+    let outcome = run_scenario(&mut Netns::default(), &scenario);
+    let Verdict::Fail(reason) = &outcome.verdict else {
+        panic!("selftest-fail did not fail: {outcome}");
+    };
+    assert!(reason.starts_with("step 1 on b:"), "{reason}");
+    assert!(reason.contains("goodbye"), "{reason}");
+}

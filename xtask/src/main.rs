@@ -112,7 +112,7 @@ fn test(extra: &[String]) -> Result<()> {
 fn vm_test(backend: VmBackend, only: Option<&str>, verbose: bool) -> Result<()> {
     use o7s_vm_tests::{Backend, Verdict, netns::Netns, qemu::Qemu, scenarios};
     let names: Vec<&str> = match only {
-        Some(name) if scenarios::NAMES.contains(&name) => vec![name],
+        Some(name) if scenarios::known(name) => vec![name],
         Some(name) => bail!(
             "unknown scenario {name}; known: {}",
             scenarios::NAMES.join(", ")
