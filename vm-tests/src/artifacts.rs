@@ -64,3 +64,47 @@ pub fn workspace_binaries(bins: &[(&str, &str)]) -> Result<Vec<(String, PathBuf)
         .map(|(_, bin)| (bin.to_string(), target.join("debug").join(bin)))
         .collect())
 }
+
+/// o7s's own XDP steering program (`ebpf/src/steer.bpf.c`, `SEC("xdp.frags")`), compiled with
+/// the flags `ebpf/build.rs` uses, so scenarios can attach it with iproute2 until a guest test
+/// binary uses the `o7s-ebpf` loader. Rebuilt when the source is newer than the cached object.
+pub fn o7s_steer() -> Result<PathBuf, String> {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = crate_dir
+        .parent()
+        .unwrap_or(crate_dir)
+        .join("ebpf/src/steer.bpf.c");
+    let dir = crate::cache_dir().join("artifacts");
+    let obj = dir.join("o7s_steer.o");
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(o), Some(s)) = (mtime(&obj), mtime(&src))
+        && o >= s
+    {
+        return Ok(obj);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!("o7s_steer.o.{}.tmp", std::process::id()));
+    let out = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpfel",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| format!("clang is needed to build the o7s XDP program: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "clang failed on {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::rename(&tmp, &obj).map_err(|e| e.to_string())?;
+    Ok(obj)
+}

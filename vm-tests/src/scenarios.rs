@@ -43,8 +43,9 @@ fn two_hosts(name: &str) -> Scenario {
         .link("ab", &[("a", "10.77.0.1/24"), ("b", "10.77.0.2/24")])
 }
 
-/// A pings B five times; B's NIC counted the packets. Then, when an XDP object can be built,
-/// a pass-through XDP program is attached natively (`xdpdrv`) to A's NIC and pings still work.
+/// A pings B five times; B's NIC counted the packets. Then, when clang can build them, a
+/// pass-through XDP program is attached natively (`xdpdrv`) to A's NIC and o7s's steering
+/// program to B's, and pings still work.
 pub fn two_host_ping() -> Scenario {
     let mut s = two_hosts("two-host-ping")
         .wait_for("a", "ping -c 1 -W 1 10.77.0.2", Duration::from_secs(60))
@@ -94,6 +95,30 @@ pub fn two_host_ping() -> Scenario {
                 );
         }
         Err(e) => s = s.note(format!("native XDP attach check skipped: {e}")),
+    }
+    // o7s's steering program on B: IP is not its EtherType, so pings pass through it.
+    match artifacts::o7s_steer() {
+        Ok(obj) => {
+            s = s
+                .payload("o7s_steer.o", obj)
+                .run(
+                    "b",
+                    "$IP link set dev eth0 xdpdrv obj $O7S_BIN/o7s_steer.o sec xdp.frags",
+                    &[],
+                )
+                .run_expect(
+                    "b",
+                    "$IP link show dev eth0",
+                    vec![
+                        Expect::Success,
+                        Expect::Contains("name o7s_steer".into()),
+                        Expect::Contains(" xdp ".into()),
+                    ],
+                )
+                .run("a", "ping -c 3 10.77.0.2", &[" 0% packet loss"])
+                .run("b", "$IP link set dev eth0 xdpdrv off", &[]);
+        }
+        Err(e) => s = s.note(format!("o7s XDP program check skipped: {e}")),
     }
     s
 }
