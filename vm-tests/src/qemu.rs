@@ -480,6 +480,18 @@ impl Qemu {
                         println!("[{}] {line}", guests[h].name);
                     }
                     guests[h].console.push(line.clone());
+                    // QEMU's own errors (bad options, no tap, a KVM internal error after
+                    // which the guest hangs) end the run now instead of at the deadline.
+                    let qemu_error = line.starts_with("qemu: ")
+                        && (line.contains("internal error")
+                            || (line.contains("qemu-system-") && !line.contains("warning")));
+                    if qemu_error {
+                        return Verdict::Fail(format!(
+                            "QEMU failed for guest {}: {line}{}",
+                            guests[h].name,
+                            consoles(guests)
+                        ));
+                    }
                     if line.contains("Kernel panic") {
                         return Verdict::Fail(format!(
                             "guest {} panicked{}",
