@@ -239,7 +239,6 @@ struct Guest {
     console: Vec<String>,
     sync: Option<usize>,
     result: Option<String>,
-    closed: bool,
     // Last: the QEMU process is killed when the guest is dropped.
     qemu: GroupChild,
 }
@@ -398,7 +397,6 @@ impl Backend for Qemu {
                 console: Vec::new(),
                 sync: None,
                 result: None,
-                closed: false,
                 qemu,
             });
         }
@@ -465,7 +463,6 @@ impl Qemu {
             };
             match event {
                 Event::Closed(h) => {
-                    guests[h].closed = true;
                     if guests[h].result.is_none() {
                         return Verdict::Fail(format!(
                             "guest {} stopped without a verdict{}",
