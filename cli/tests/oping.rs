@@ -5,238 +5,38 @@
 //! the first test builds it (`cargo build -p o7s-irmd --bin irmd`, a no-op when it is up to
 //! date) into the same target directory, next to `oping`.
 
-use std::io::{BufRead, BufReader, Read as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Lines, OPING, TIMEOUT, irmd_binary, text};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use o7s_pool::{Access, Place, Pool, pool_name};
-use o7s_proto::irm::{ListFlows, ResponseKind};
+use o7s_pool::Place;
+use o7s_testkit::run_timed as run;
+use o7s_testkit::{Irmd, Options, temp_dir};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
-const OPING: &str = env!("CARGO_BIN_EXE_oping");
-
-/// The `irmd` binary next to `oping`, built if needed.
-fn irmd_binary() -> &'static Path {
-    static IRMD: OnceLock<PathBuf> = OnceLock::new();
-    IRMD.get_or_init(|| {
-        let dir = Path::new(OPING).parent().expect("oping has a directory");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "-p", "o7s-irmd", "--bin", "irmd"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            build.env("CARGO_TARGET_DIR", target);
-        }
-        let status = build.status().expect("run cargo build for irmd");
-        assert!(status.success(), "cannot build irmd: {status}");
-        let irmd = dir.join("irmd");
-        assert!(irmd.exists(), "{} missing after the build", irmd.display());
-        irmd
-    })
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One IRMd on its own temporary directory; dropping it kills it and every process started
-/// through it, and removes the directory and the shared memory.
-struct Host {
-    dir: PathBuf,
-    rundir: PathBuf,
-    irmd: Child,
-    children: Vec<Child>,
-}
+o7s_testkit::irmd_host!(
+    /// One IRMd on its own temporary directory; dropping it kills it and every process started
+    /// through it, and removes the directory and the shared memory.
+    Host
+);
 
 impl Host {
     fn start() -> Self {
-        let irmd_bin = irmd_binary();
-        let dir = std::env::temp_dir().join(format!(
-            "o7s-oping-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let rundir = dir.join("run");
-        let log = std::fs::File::create(dir.join("irmd.log")).expect("log");
-        let irmd = Command::new(irmd_bin)
-            .arg("--rundir")
-            .arg(&rundir)
-            .env("RUST_LOG", "debug")
-            .env_remove("O7S_SHM_PREFIX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn irmd");
-        let host = Self {
-            dir,
-            rundir,
-            irmd,
-            children: Vec::new(),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while o7s::irm::Client::connect(&host.rundir).is_err() {
-            assert!(Instant::now() < deadline, "irmd not ready: {}", host.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        host
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("irmd.log")).unwrap_or_default()
+        Self(Irmd::start(temp_dir("oping"), Options::new(irmd_binary())))
     }
 
     fn oping(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(OPING);
-        c.args(args)
-            .env("O7S_RUNDIR", &self.rundir)
-            .stdin(Stdio::null());
-        c
+        self.tool(OPING, args)
     }
 
     /// Starts `oping -l -n name` and waits until it is bound and accepting.
     fn server(&mut self, name: &str) -> Lines {
-        let mut child = self
-            .oping(&["-l", "-n", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn oping server");
-        let mut lines = Lines::new(child.stdout.take().expect("stdout"));
-        self.children.push(child);
-        lines.wait_for("listening on", TIMEOUT);
-        lines
+        let server = self.oping(&["-l", "-n", name]);
+        self.0.spawn(server, "listening on").1
     }
-
-    fn pool(&self) -> Pool {
-        Pool::open(&pool_name(
-            &o7s::rundir::shm_prefix_for(&self.rundir),
-            Access::Shared,
-        ))
-        .expect("open the IRMd's pool")
-    }
-
-    fn flows(&self) -> Vec<o7s::FlowInfo> {
-        let mut c = o7s::irm::Client::connect(&self.rundir).expect("connect");
-        c.set_timeout(Some(TIMEOUT)).expect("timeout");
-        match c.call_ok(ListFlows {}) {
-            Ok(ResponseKind::Flows(f)) => f.flows,
-            other => panic!("list flows: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = self.irmd.kill();
-        let _ = self.irmd.wait();
-        let prefix = format!("{}.", o7s::rundir::shm_prefix_for(&self.rundir));
-        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A child's stdout, line by line, read by a thread so waits can time out.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(out: ChildStdout) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `text` and returns it.
-    fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no line with {text:?} ({e}); got {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-fn run(mut command: Command) -> (Output, Duration) {
-    let started = Instant::now();
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = started + TIMEOUT;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let took = started.elapsed();
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_end(&mut stdout);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut stderr);
-    }
-    let status = child.wait().expect("status");
-    (
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        took,
-    )
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn ping_all_answered(size: usize) {

@@ -6,24 +6,21 @@
 //! no-op when up to date) into the same target directory, next to `ipcpd-local`, where the
 //! IRMd looks for it.
 
-use std::io::{BufRead, BufReader, Read as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use o7s_pool::{Access, Place, Pool, pool_name};
+use o7s_pool::Place;
 use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, DestroyIpcp, ErrorCode, HashAlgo, IpcpConfig, IpcpInfo,
-    IpcpSelector, IpcpState, IpcpType, ListFlows, ListIpcps, ListNames, RegisterName,
-    RegisterTarget, ResponseKind,
+    BootstrapIpcp, CreateIpcp, DestroyIpcp, ErrorCode, HashAlgo, IpcpConfig, IpcpSelector,
+    IpcpState, IpcpType, ListNames, RegisterName, RegisterTarget, ResponseKind,
 };
+use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, temp_dir, text};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
 const IPCPD_LOCAL: &str = env!("CARGO_BIN_EXE_ipcpd-local");
 const LAYER: &str = "local-layer";
 
@@ -33,39 +30,16 @@ fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = Path::new(IPCPD_LOCAL)
             .parent()
-            .expect("ipcpd-local has a directory")
-            .to_owned();
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "-p", "o7s-irmd", "--bin", "irmd"])
-            .args(["-p", "o7s-cli", "--bin", "oping"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            build.env("CARGO_TARGET_DIR", target);
-        }
-        let status = build.status().expect("run cargo build for irmd and oping");
-        assert!(status.success(), "cannot build irmd and oping: {status}");
-        for b in ["irmd", "oping"] {
-            assert!(dir.join(b).exists(), "{b} missing after the build");
-        }
-        dir
+            .expect("ipcpd-local has a directory");
+        build_bins(dir, &[("o7s-irmd", "irmd"), ("o7s-cli", "oping")])
     })
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One IRMd on its own temporary directory; dropping it kills it and every process started
-/// through it, and removes the directory and the shared memory.
-struct Host {
-    dir: PathBuf,
-    rundir: PathBuf,
-    irmd: Child,
-    children: Vec<Child>,
-}
+o7s_testkit::irmd_host!(
+    /// One IRMd on its own temporary directory; dropping it kills every process started through
+    /// it, stops it (SIGTERM: it stops its IPCPs), and removes the directory and the shared memory.
+    Host
+);
 
 impl Host {
     fn start() -> Self {
@@ -74,49 +48,11 @@ impl Host {
 
     /// Starts `irmd` (from `binary`; with `path` as its PATH if given).
     fn start_with(binary: &Path, path: Option<&str>) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "o7s-ipcpd-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let rundir = dir.join("run");
-        let log = std::fs::File::create(dir.join("irmd.log")).expect("log");
-        let mut cmd = Command::new(binary);
-        cmd.arg("--rundir")
-            .arg(&rundir)
-            .env("RUST_LOG", "debug")
-            .env_remove("O7S_SHM_PREFIX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut options = Options::new(binary).stop(Stop::Term);
         if let Some(path) = path {
-            cmd.env("PATH", path);
+            options = options.path(path);
         }
-        let irmd = cmd.spawn().expect("spawn irmd");
-        let host = Self {
-            dir,
-            rundir,
-            irmd,
-            children: Vec::new(),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while o7s::irm::Client::connect(&host.rundir).is_err() {
-            assert!(Instant::now() < deadline, "irmd not ready: {}", host.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        host
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("irmd.log")).unwrap_or_default()
-    }
-
-    fn client(&self) -> o7s::irm::Client {
-        let c = o7s::irm::Client::connect(&self.rundir).expect("connect");
-        c.set_timeout(Some(TIMEOUT)).expect("timeout");
-        c
+        Self(Irmd::start(temp_dir("ipcpd"), options))
     }
 
     /// Creates and bootstraps `ipcpd-local` as `name` in [`LAYER`], registers `oping` in the
@@ -149,48 +85,14 @@ impl Host {
         info.pid
     }
 
-    fn ipcps(&self) -> Vec<IpcpInfo> {
-        match self.client().call_ok(ListIpcps {}) {
-            Ok(ResponseKind::Ipcps(l)) => l.ipcps,
-            other => panic!("list ipcps: {other:?}"),
-        }
-    }
-
-    fn flows(&self) -> Vec<o7s::FlowInfo> {
-        match self.client().call_ok(ListFlows {}) {
-            Ok(ResponseKind::Flows(f)) => f.flows,
-            other => panic!("list flows: {other:?}"),
-        }
-    }
-
     fn oping(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin_dir().join("oping"));
-        c.args(args)
-            .env("O7S_RUNDIR", &self.rundir)
-            .stdin(Stdio::null());
-        c
+        self.tool(bin_dir().join("oping"), args)
     }
 
     /// Starts `oping -l -n oping` and waits until it accepts.
     fn server(&mut self) -> Lines {
-        let mut child = self
-            .oping(&["-l", "-n", "oping"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn oping server");
-        let mut lines = Lines::new(child.stdout.take().expect("stdout"));
-        self.children.push(child);
-        lines.wait_for("listening on", TIMEOUT);
-        lines
-    }
-
-    fn pool(&self) -> Pool {
-        Pool::open(&pool_name(
-            &o7s::rundir::shm_prefix_for(&self.rundir),
-            Access::Shared,
-        ))
-        .expect("open the IRMd's pool")
+        let server = self.oping(&["-l", "-n", "oping"]);
+        self.0.spawn(server, "listening on").1
     }
 
     /// Waits until no flow is left and the pool verifies with nothing owned by `pid`.
@@ -228,99 +130,8 @@ impl Host {
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // SIGTERM: the IRMd stops its IPCPs on the way out.
-        let _ = kill(Pid::from_raw(self.irmd.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.irmd.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.irmd.kill();
-        let _ = self.irmd.wait();
-        let prefix = format!("{}.", o7s::rundir::shm_prefix_for(&self.rundir));
-        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A child's stdout, line by line, read by a thread so waits can time out.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(out: ChildStdout) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no line with {text:?} ({e}); got {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-fn wait_output(mut child: Child) -> Output {
-    let deadline = Instant::now() + TIMEOUT;
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_end(&mut stdout);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut stderr);
-    }
-    let status = child.wait().expect("status");
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn wait_output(child: Child) -> Output {
+    o7s_testkit::wait_output(child, TIMEOUT)
 }
 
 #[test]
@@ -485,7 +296,7 @@ fn a_killed_server_ends_the_client_flow_and_the_ipcp_serves_on() {
     let mut host = Host::start();
     let ipcp = host.local_ipcp("local");
     let _server = host.server();
-    let server_pid = host.children[0].id();
+    let server_pid = host.child_pids()[0];
     let mut client = host
         .oping(&["-n", "oping", "-c", "100000", "-i", "1ms"])
         .stdout(Stdio::piped())

@@ -11,22 +11,18 @@
 
 mod net;
 
-use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use net::{NetnsPair, can_run};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use o7s_proto::irm::{
     BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpInfo, IpcpStats,
     IpcpType, IpcpTypeConfig, ListIpcps, RegisterName, RegisterTarget, ResponseKind,
 };
+use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, text, wait_output};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
 const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
 const LAYER: &str = "eth-layer";
 
@@ -36,87 +32,34 @@ fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = Path::new(IPCPD)
             .parent()
-            .expect("ipcpd-eth-dix has a directory")
-            .to_owned();
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "-p", "o7s-irmd", "--bin", "irmd"])
-            .args(["-p", "o7s-cli", "--bin", "oping", "--bin", "operf"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            build.env("CARGO_TARGET_DIR", target);
-        }
-        let status = build
-            .status()
-            .expect("run cargo build for irmd, oping, operf");
-        assert!(
-            status.success(),
-            "cannot build irmd, oping, operf: {status}"
-        );
-        for b in ["irmd", "oping", "operf"] {
-            assert!(dir.join(b).exists(), "{b} missing after the build");
-        }
-        dir
+            .expect("ipcpd-eth-dix has a directory");
+        build_bins(
+            dir,
+            &[
+                ("o7s-irmd", "irmd"),
+                ("o7s-cli", "oping"),
+                ("o7s-cli", "operf"),
+            ],
+        )
     })
 }
 
-/// One host: an IRMd in namespace `ns` on `<dir>/run`. Dropping it kills the processes
-/// started on it and the IRMd (which stops its IPCPs), and removes its directory and shared
-/// memory.
-struct Host {
-    ns: String,
-    dir: PathBuf,
-    rundir: PathBuf,
-    irmd: Child,
-    children: Vec<Child>,
-}
+o7s_testkit::irmd_host!(
+    /// One host: an IRMd in namespace `ns` on `<dir>/run`. Dropping it kills the processes
+    /// started on it and the IRMd (which stops its IPCPs), and removes its directory and shared
+    /// memory.
+    Host
+);
 
 impl Host {
     fn start(ns: &str, dir: PathBuf) -> Self {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("host dir");
-        let rundir = dir.join("run");
-        let log = std::fs::File::create(dir.join("irmd.log")).expect("log");
-        // `ip netns exec` execs the program: the child's pid is the IRMd's.
-        let irmd = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(bin_dir().join("irmd"))
-            .arg("--rundir")
-            .arg(&rundir)
-            .env("RUST_LOG", "info")
-            .env_remove("O7S_SHM_PREFIX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn irmd");
-        let host = Self {
-            ns: ns.to_owned(),
+        Self(Irmd::start(
             dir,
-            rundir,
-            irmd,
-            children: Vec::new(),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while o7s::irm::Client::connect(&host.rundir).is_err() {
-            assert!(Instant::now() < deadline, "irmd not ready: {}", host.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        host
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("irmd.log")).unwrap_or_default()
-    }
-
-    fn client(&self) -> o7s::irm::Client {
-        let c = o7s::irm::Client::connect(&self.rundir).expect("connect");
-        c.set_timeout(Some(TIMEOUT)).expect("timeout");
-        c
+            Options::new(bin_dir().join("irmd"))
+                .netns(ns)
+                .rust_log("info")
+                .stop(Stop::Term),
+        ))
     }
 
     /// Creates `ipcpd-eth-dix` as `name` and bootstraps it on `dev`; returns its info.
@@ -172,27 +115,13 @@ impl Host {
 
     /// A tool of `bin_dir()` run in this host's namespace against its IRMd.
     fn tool(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg(bin_dir().join(program))
-            .args(args)
-            .env("O7S_RUNDIR", &self.rundir)
-            .stdin(Stdio::null());
-        c
+        self.0.tool(bin_dir().join(program), args)
     }
 
     /// Starts `program -l -n name` and waits until it listens.
     fn server(&mut self, program: &str, name: &str) -> Lines {
-        let mut child = self
-            .tool(program, &["-l", "-n", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn server");
-        let mut lines = Lines::new(child.stdout.take().expect("stdout"));
-        self.children.push(child);
-        lines.wait_for("listening on", TIMEOUT);
-        lines
+        let server = self.tool(program, &["-l", "-n", name]);
+        self.0.spawn(server, "listening on").1
     }
 
     /// The pids of the IRMd's children (its IPCPs).
@@ -202,107 +131,6 @@ impl Host {
             _ => Vec::new(),
         }
     }
-
-    fn shm_prefix(&self) -> String {
-        format!("{}.", o7s::rundir::shm_prefix_for(&self.rundir))
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // SIGTERM: the IRMd stops its IPCPs on the way out.
-        if let Ok(pid) = i32::try_from(self.irmd.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.irmd.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.irmd.kill();
-        let _ = self.irmd.wait();
-        let prefix = self.shm_prefix();
-        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A child's stdout, line by line, read by a thread so waits can time out.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(out: ChildStdout) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no line with {text:?} ({e}); got {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-fn wait_output(mut child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_end(&mut stdout);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut stderr);
-    }
-    let status = child.wait().expect("status");
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn alive(pid: u32) -> bool {
@@ -392,7 +220,7 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
         .iter()
         .flat_map(|h| {
             let mut p = h.ipcp_pids();
-            p.push(h.irmd.id());
+            p.push(h.pid());
             p
         })
         .collect();

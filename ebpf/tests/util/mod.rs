@@ -6,16 +6,15 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::{
-    fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use nix::sched::{CloneFlags, setns};
 use o7s_ebpf::{Counters, Error, SteerProgram};
+use o7s_testkit::netns::VethPair;
+pub use o7s_testkit::netns::{in_netns, run};
 
 /// Returns false, after printing why, when the test cannot run here (not root, or no `ip`).
 pub fn can_run(test: &str) -> bool {
@@ -51,22 +50,6 @@ pub fn load_or_skip(test: &str, ethertype: u16) -> Option<SteerProgram> {
     }
 }
 
-/// Runs `command`, panicking with its output if it fails.
-pub fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// Two fresh network namespaces `a` and `b` joined by a veth pair (`veth_a` in `a`, `veth_b` in
 /// `b`), both up, IPv6 off (so the kernel sends nothing by itself). Dropping it deletes both
 /// namespaces, which also destroys the veth pair.
@@ -75,7 +58,7 @@ pub struct NetnsPair {
     pub ns_b: String,
     pub veth_a: String,
     pub veth_b: String,
-    created: Vec<String>,
+    _pair: VethPair,
 }
 
 /// 10.199.0.1 (in `a`) and 10.199.0.2 (in `b`), used only by tests that give the pair addresses.
@@ -85,73 +68,20 @@ pub const ADDR_B: &str = "10.199.0.2";
 impl NetnsPair {
     /// Creates the pair with the given MTU on both ends.
     pub fn new(mtu: u32) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let mut pair = Self {
-            ns_a: format!("o7s-ebpf-{pid}-{n}a"),
-            ns_b: format!("o7s-ebpf-{pid}-{n}b"),
-            // At most 15 bytes: "o7e" + pid (≤ 7 digits) + n + side.
-            veth_a: format!("o7e{pid}{n}a"),
-            veth_b: format!("o7e{pid}{n}b"),
-            created: Vec::new(),
-        };
-        assert!(pair.veth_a.len() <= 15, "interface name too long");
-        for ns in [pair.ns_a.clone(), pair.ns_b.clone()] {
-            run(&["ip", "netns", "add", &ns]);
-            pair.created.push(ns.clone());
-            in_netns(&ns, || {
-                for knob in ["all", "default"] {
-                    let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-                    // Kernels without IPv6 have no such file: nothing to silence then.
-                    let _ = std::fs::write(path, "1");
-                }
-            });
+        // Names `o7s-ebpf-<pid>-<n>{a,b}` and, at most 15 bytes, `o7e<pid><n>{a,b}`.
+        let pair = VethPair::new("o7s-ebpf", "o7e", mtu);
+        Self {
+            ns_a: pair.ns[0].clone(),
+            ns_b: pair.ns[1].clone(),
+            veth_a: pair.veth[0].clone(),
+            veth_b: pair.veth[1].clone(),
+            _pair: pair,
         }
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &pair.veth_a,
-            "netns",
-            &pair.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.veth_b,
-            "netns",
-            &pair.ns_b,
-        ]);
-        let mtu = mtu.to_string();
-        for (ns, veth) in [(&pair.ns_a, &pair.veth_a), (&pair.ns_b, &pair.veth_b)] {
-            run(&["ip", "-n", ns, "link", "set", veth, "mtu", &mtu, "up"]);
-        }
-        pair
     }
 
     /// Gives the two ends their IPv4 addresses ([`ADDR_A`], [`ADDR_B`], /24).
-    pub fn with_addresses(self) -> Self {
-        run(&[
-            "ip",
-            "-n",
-            &self.ns_a,
-            "addr",
-            "add",
-            &format!("{ADDR_A}/24"),
-            "dev",
-            &self.veth_a,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &self.ns_b,
-            "addr",
-            "add",
-            &format!("{ADDR_B}/24"),
-            "dev",
-            &self.veth_b,
-        ]);
+    pub fn with_addresses(mut self) -> Self {
+        self._pair = self._pair.with_addresses([ADDR_A, ADDR_B]);
         self
     }
 
@@ -204,35 +134,6 @@ impl NetnsPair {
     pub fn send_from_b(&self, ethertype: u16, count: usize) {
         let veth = self.veth_b.clone();
         in_netns(&self.ns_b, move || send_frames(&veth, ethertype, count));
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..) {
-            match Command::new("ip").args(["netns", "del", &ns]).output() {
-                Ok(output) if output.status.success() => {}
-                Ok(output) => eprintln!(
-                    "cleanup: ip netns del {ns}: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ),
-                Err(e) => eprintln!("cleanup: ip netns del {ns}: {e}"),
-            }
-        }
-    }
-}
-
-/// Runs `f` on a new thread that has joined network namespace `ns` (other threads keep theirs).
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    let handle = thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
-        f()
-    });
-    match handle.join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

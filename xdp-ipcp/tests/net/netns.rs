@@ -6,15 +6,19 @@
 //!
 //! All traffic stays on the veth pair between the namespaces created here.
 
-use std::fs::File;
-use std::process::{Command, Output};
+use std::ops::Deref;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant as StdInstant};
 
-use nix::sched::{CloneFlags, setns};
 use o7s_pool::{Access, ClassConfig, FRAME_SIZE, Pool, PoolConfig};
 use o7s_proto::eth_mgmt::QosSpec;
+use o7s_testkit::netns::VethPair;
+#[allow(
+    unused_imports,
+    reason = "the bench uses part of the shared test plumbing"
+)]
+pub use o7s_testkit::netns::{in_netns, run, spawn_in_netns};
 use o7s_xdp_ipcp::{EthIpcp, Event, Instant, QueryStart};
 
 /// Returns false, after one line saying why, when the test cannot run here.
@@ -34,140 +38,31 @@ pub fn can_run(test: &str, needs_xdp: bool) -> bool {
     true
 }
 
-/// Runs `args`, panicking with its output if it fails.
-pub fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Two fresh network namespaces joined by a veth pair, both ends up, IPv6 off. Dropping it
 /// deletes both namespaces (and so the pair).
-pub struct NetnsPair {
-    pub ns: [String; 2],
-    pub veth: [String; 2],
-    created: Vec<String>,
-}
+pub struct NetnsPair(VethPair);
 
 /// IPv4 addresses of the two ends, for tests that give the pair addresses.
 pub const ADDRS: [&str; 2] = ["10.198.0.1", "10.198.0.2"];
 
 impl NetnsPair {
     pub fn new(mtu: u32) -> NetnsPair {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let mut pair = NetnsPair {
-            ns: [
-                format!("o7s-xipcp-{pid}-{n}a"),
-                format!("o7s-xipcp-{pid}-{n}b"),
-            ],
-            // At most 15 bytes: "o7x" + pid (≤ 7 digits) + n + side.
-            veth: [format!("o7x{pid}{n}a"), format!("o7x{pid}{n}b")],
-            created: Vec::new(),
-        };
-        assert!(pair.veth[0].len() <= 15, "interface name too long");
-        for ns in pair.ns.clone() {
-            run(&["ip", "netns", "add", &ns]);
-            pair.created.push(ns.clone());
-            in_netns(&ns, || {
-                for knob in ["all", "default"] {
-                    let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-                    let _ = std::fs::write(path, "1");
-                }
-            });
-        }
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &pair.veth[0],
-            "netns",
-            &pair.ns[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.veth[1],
-            "netns",
-            &pair.ns[1],
-        ]);
-        let mtu = mtu.to_string();
-        for i in 0..2 {
-            run(&[
-                "ip",
-                "-n",
-                &pair.ns[i],
-                "link",
-                "set",
-                &pair.veth[i],
-                "mtu",
-                &mtu,
-                "up",
-            ]);
-        }
-        pair
+        NetnsPair(VethPair::new("o7s-xipcp", "o7x", mtu))
     }
 
     /// Gives the ends the addresses [`ADDRS`] (/24).
     pub fn with_addresses(self) -> NetnsPair {
-        for ((ns, veth), addr) in self.ns.iter().zip(&self.veth).zip(ADDRS) {
-            let addr = format!("{addr}/24");
-            run(&["ip", "-n", ns, "addr", "add", &addr, "dev", veth]);
-        }
-        self
+        NetnsPair(self.0.with_addresses(ADDRS))
     }
 }
 
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..) {
-            match Command::new("ip").args(["netns", "del", &ns]).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => eprintln!(
-                    "cleanup: ip netns del {ns}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => eprintln!("cleanup: ip netns del {ns}: {e}"),
-            }
-        }
+impl Deref for NetnsPair {
+    type Target = VethPair;
+    fn deref(&self) -> &VethPair {
+        &self.0
     }
-}
-
-fn enter(ns: &str) {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
-}
-
-/// Runs `f` on a new thread inside namespace `ns` and waits for it.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    match spawn_in_netns(ns, f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Starts `f` on a new thread inside namespace `ns`.
-pub fn spawn_in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let ns = ns.to_owned();
-    thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
 }
 
 /// A pool under a unique name, unlinked when dropped.

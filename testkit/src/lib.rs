@@ -1,0 +1,44 @@
+//! Test harness shared by the integration tests of several packages (a dev-dependency only):
+//!
+//! - [`build_bins`]: builds binaries of other packages into the test's target directory;
+//! - [`Irmd`]: a real `irmd` on a temporary run directory, stopped (with its IPCPs and the
+//!   processes started through it) and cleaned up on drop;
+//! - [`process`]: running tool processes with timeouts, reading their output line by line;
+//! - [`netns`]: a pair of network namespaces joined by a veth pair, deleted on drop.
+
+mod build;
+mod irmd;
+pub mod netns;
+pub mod process;
+
+pub use build::{build_bins, cargo_build};
+pub use irmd::{Irmd, Options, Stop, temp_dir};
+pub use process::{Lines, run, run_timed, text, wait_output};
+
+use std::time::Duration;
+
+/// Declares `[$vis] struct $name(Irmd)`, a test's own host type around an [`Irmd`] (for the test's
+/// helpers), that derefs to the [`Irmd`].
+#[macro_export]
+macro_rules! irmd_host {
+    ($(#[$meta:meta])* $vis:vis $name:ident) => {
+        $(#[$meta])*
+        $vis struct $name($crate::Irmd);
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::Irmd;
+            fn deref(&self) -> &$crate::Irmd {
+                &self.0
+            }
+        }
+
+        impl ::std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut $crate::Irmd {
+                &mut self.0
+            }
+        }
+    };
+}
+
+/// How long the harness waits for a process (the IRMd's socket, a tool's line or exit).
+pub const TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,0 +1,116 @@
+//! Two fresh network namespaces joined by a veth pair, and threads entered into a namespace.
+//!
+//! All traffic the tests make stays on the veth pair between the namespaces created here.
+
+use std::fs::File;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::{self, JoinHandle};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Runs `args`, panicking with its output if it fails.
+pub fn run(args: &[&str]) -> Output {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Two fresh network namespaces `<ns_tag>-<pid>-<n>{a,b}` joined by a veth pair
+/// `<veth_tag><pid><n>{a,b}` (end `i` in namespace `i`), both ends up, IPv6 off (so the kernel
+/// sends nothing by itself). Dropping it deletes both namespaces, which also destroys the pair.
+pub struct VethPair {
+    pub ns: [String; 2],
+    pub veth: [String; 2],
+    created: Vec<String>,
+}
+
+impl VethPair {
+    /// Creates the pair with the given MTU on both ends.
+    pub fn new(ns_tag: &str, veth_tag: &str, mtu: u32) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let mut pair = Self {
+            ns: ["a", "b"].map(|side| format!("{ns_tag}-{pid}-{n}{side}")),
+            // At most 15 bytes: the tag + pid (≤ 7 digits) + n + side.
+            veth: ["a", "b"].map(|side| format!("{veth_tag}{pid}{n}{side}")),
+            created: Vec::new(),
+        };
+        assert!(pair.veth[0].len() <= 15, "interface name too long");
+        for ns in pair.ns.clone() {
+            run(&["ip", "netns", "add", &ns]);
+            pair.created.push(ns.clone());
+            in_netns(&ns, || {
+                for knob in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+                    // Kernels without IPv6 have no such file: nothing to silence then.
+                    let _ = std::fs::write(path, "1");
+                }
+            });
+        }
+        let ([na, nb], [va, vb]) = (&pair.ns, &pair.veth);
+        let link = ["ip", "link", "add", va, "netns", na, "type", "veth"];
+        run(&[&link[..], &["peer", "name", vb, "netns", nb]].concat());
+        let mtu = mtu.to_string();
+        for (ns, veth) in pair.ns.iter().zip(&pair.veth) {
+            run(&["ip", "-n", ns, "link", "set", veth, "mtu", &mtu, "up"]);
+        }
+        pair
+    }
+
+    /// Gives end `i` the IPv4 address `addrs[i]` (/24).
+    pub fn with_addresses(self, addrs: [&str; 2]) -> Self {
+        for ((ns, veth), addr) in self.ns.iter().zip(&self.veth).zip(addrs) {
+            let addr = format!("{addr}/24");
+            run(&["ip", "-n", ns, "addr", "add", &addr, "dev", veth]);
+        }
+        self
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in self.created.drain(..) {
+            match Command::new("ip").args(["netns", "del", &ns]).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "cleanup: ip netns del {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("cleanup: ip netns del {ns}: {e}"),
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside namespace `ns` (other threads keep theirs) and waits for it.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    match spawn_in_netns(ns, f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Starts `f` on a new thread inside namespace `ns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
+        f()
+    })
+}
