@@ -110,7 +110,7 @@ fn demo(opts: &DemoOptions) -> Result<()> {
     print!("{report}");
     if opts.keep {
         net.keep_up();
-        println!("{}", keep_help(&net.bin));
+        println!("{}", keep_help(&net.bin, opts.mtu.saturating_sub(4)));
     } else {
         net.tear_down();
         println!("torn down: no namespace, process, XDP program or shared memory left");
@@ -644,15 +644,17 @@ fn wait_for_line(out: ChildStdout, text: &str, timeout: Duration) -> Result<()> 
         .map_err(|_| anyhow!("no line saying it was ready within {} s", timeout.as_secs()))
 }
 
-fn keep_help(bin: &Path) -> String {
+fn keep_help(bin: &Path, max_sdu: u32) -> String {
     let (a, b) = (rundir("a"), rundir("b"));
     format!(
         "The network stays up (--keep). Use it with irm and the tools, e.g.:\n  \
+         export PATH={bin}:$PATH\n  \
          O7S_RUNDIR={a} irm ipcp list\n  \
          O7S_RUNDIR={b} irm ipcp stats eth-b\n  \
          ip netns exec {na} env O7S_RUNDIR={a} oping -n oping -c 10\n  \
-         ip netns exec {na} env O7S_RUNDIR={a} operf -n operf -d 10\n\
-         (the binaries are in {bin}). Tear it down with:\n  \
+         ip netns exec {na} env O7S_RUNDIR={a} operf -n operf -d 10 -s {size}\n\
+         (SDUs larger than the MTU minus 4 bytes are refused by the Ethernet IPCP.)\n\
+         Tear it down with:\n  \
          for ns in {na} {nb}; do ip netns pids $ns | xargs -r kill; ip netns del $ns; done; \
          rm -rf {BASE} /dev/shm/o7s-demo-*",
         a = a.display(),
@@ -660,6 +662,7 @@ fn keep_help(bin: &Path) -> String {
         na = ns("a"),
         nb = ns("b"),
         bin = bin.display(),
+        size = max_sdu.min(1400),
     )
 }
 
