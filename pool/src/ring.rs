@@ -579,9 +579,16 @@ pub(crate) fn verify_rings(pool: &Pool, problems: &mut Vec<String>) -> HashSet<u
             let index = slot(pool, r, tail.wrapping_add(k)).load(Ordering::Relaxed);
             match pool.place(index) {
                 Ok(w) if w.place == (Place::Ring { ring: r }) => {}
-                Ok(w) => {
-                    problems.push(format!("ring {r} slot {k}: block {index} is {:?}", w.place))
-                }
+                // A reader killed between taking a block and advancing the tail leaves it
+                // owned by the dead reader and still in its slot; `reclaim` settles it.
+                Ok(w) => match w.place {
+                    Place::Owned { pid } if !crate::sys::process_alive(pid) => problems.push(
+                        format!("ring {r} slot {k}: block {index} taken by dead process {pid}"),
+                    ),
+                    place => {
+                        problems.push(format!("ring {r} slot {k}: block {index} is {place:?}"))
+                    }
+                },
                 Err(e) => problems.push(format!("ring {r} slot {k}: {e}")),
             }
             if !seen.insert(index) {

@@ -97,9 +97,17 @@ pub(crate) fn run(pool: &Pool) -> Report {
             Place::Ring { ring } => {
                 r.queued += 1;
                 if !queued.contains(&index) {
-                    r.problems.push(format!(
-                        "block {index} marked queued on ring {ring} but not in it"
-                    ));
+                    // A writer killed between marking a block queued and publishing it leaves
+                    // this; `reclaim` of that writer returns the block.
+                    match pool.ring_ends(ring) {
+                        Ok((producer, _)) if !is_alive(producer) => r.problems.push(format!(
+                            "block {index} marked queued on ring {ring} but not in it, left by \
+                             its writer, dead process {producer}"
+                        )),
+                        _ => r.problems.push(format!(
+                            "block {index} marked queued on ring {ring} but not in it"
+                        )),
+                    }
                 }
             }
             Place::Cached { pid } => {
