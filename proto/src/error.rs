@@ -61,6 +61,14 @@ pub enum Error {
         /// Bytes the buffer has.
         have: usize,
     },
+    /// An OAP header names an algorithm (OpenSSL NID) that is not a known cipher or digest.
+    #[error("{what} {nid} is not a known algorithm")]
+    UnknownNid {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        nid: u16,
+    },
     /// Text that is not a MAC address of the form `aa:bb:cc:dd:ee:ff`.
     #[error("invalid MAC address (expected six hex octets such as 02:00:00:00:00:0a)")]
     InvalidMacAddr,

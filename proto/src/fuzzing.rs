@@ -8,6 +8,7 @@
 use crate::dix::{self, Frame};
 use crate::eth_mgmt::{self, MgmtMsg, Packet};
 use crate::irm;
+use crate::oap;
 
 /// Garbage a buffer is filled with before emitting into it, to catch unwritten bytes.
 const FILL: u8 = 0xa5;
@@ -190,4 +191,50 @@ pub fn irm(data: &[u8]) {
             Err(e) => panic!("codec failed on a decoded envelope: {e}"),
         }
     }
+}
+
+/// Oracle for [`oap`]: the first byte of `data` picks how the rest is read (a request, or a
+/// response to a request of `md_nid` 0, SHA-256 or SHA-512). A header that parses re-emits to
+/// exactly the input (into a buffer of garbage, writing nothing past it) and parses back to
+/// itself; its parts add up to the input's length.
+///
+/// # Panics
+/// On any violation of the invariant.
+pub fn oap(data: &[u8]) {
+    let Some((&first, bytes)) = data.split_first() else {
+        return;
+    };
+    let md_nid = match first % 4 {
+        0 => None,
+        1 => Some(oap::nid::UNDEF),
+        2 => Some(oap::nid::SHA256),
+        _ => Some(oap::nid::SHA512),
+    };
+    let parsed = match md_nid {
+        None => oap::Repr::parse_request(bytes),
+        Some(md) => oap::Repr::parse_response(bytes, md),
+    };
+    let Ok(repr) = parsed else {
+        return;
+    };
+    assert_eq!(repr.buffer_len(), bytes.len(), "parts do not add up");
+    assert_eq!(
+        repr.req_hash.len(),
+        md_nid.map_or(0, |md| oap::req_hash_len(md).unwrap_or(usize::MAX)),
+        "request hash of the wrong length"
+    );
+    assert!(
+        repr.is_signed() || repr.signature.is_empty(),
+        "an unsigned header with a signature"
+    );
+    let mut out = vec![FILL; bytes.len() + 5];
+    match repr.emit(&mut out) {
+        Ok(n) => assert_eq!(n, bytes.len()),
+        Err(e) => panic!("emit refused a header it parsed: {e}"),
+    }
+    assert_eq!(&out[..bytes.len()], bytes, "re-emitted OAP header differs");
+    assert!(
+        out[bytes.len()..].iter().all(|&b| b == FILL),
+        "emit wrote past buffer_len"
+    );
 }

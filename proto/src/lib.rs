@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`dix`] | the 18-byte Ethernet DIX header of the eth-dix layer, and [`MacAddr`] |
 //! | [`eth_mgmt`] | the eth-dix management message (name queries, flow allocation) |
+//! | [`oap`] | the OAP header of the IRMds' flow allocation handshake, carried by every layer |
 //!
 //! # The contract of every format module
 //!
@@ -66,6 +67,7 @@ pub mod eth_mgmt;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod irm;
+pub mod oap;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

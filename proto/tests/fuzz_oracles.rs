@@ -50,6 +50,23 @@ fn eth_mgmt_oracle_over_seeds_and_vectors() {
     }
 }
 
+#[test]
+fn oap_oracle_over_seeds() {
+    let seeds = seeds("oap");
+    assert!(seeds.len() >= 4);
+    for seed in seeds {
+        // The seeds are valid headers: the oracle's full path runs.
+        let (&sel, bytes) = seed.split_first().unwrap();
+        let parsed = if sel % 4 == 0 {
+            o7s_proto::oap::Repr::parse_request(bytes)
+        } else {
+            o7s_proto::oap::Repr::parse_response(bytes, 0)
+        };
+        assert!(parsed.is_ok(), "{parsed:?}");
+        fuzzing::oap(&seed);
+    }
+}
+
 fn vectors() -> Vec<Vec<u8>> {
     all_vectors().into_iter().map(|(_, b)| b).collect()
 }
@@ -59,6 +76,7 @@ proptest! {
     fn oracles_over_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         fuzzing::dix(&bytes);
         fuzzing::eth_mgmt(&bytes);
+        fuzzing::oap(&bytes);
     }
 
     #[test]
