@@ -2,6 +2,17 @@
 //! `fqueue`/`fevent` build on). Writers `notify` the reader's set; the reader `wait`s on one of
 //! its queues.
 //!
+//! **Rings post by themselves.** A process makes its set for a pool with
+//! [`EventSet::create_for`] and watches the rings it reads ([`Pool::ring_watch`]): from then on
+//! every packet a writer publishes on such a ring is one [`Event::PACKET`] in the set, and a
+//! flow going down, coming back up or losing its peer is an [`Event::DEALLOC`], [`Event::UP`] or
+//! [`Event::PEER`]; a writer waiting for room arms a one-shot [`Event::WRITABLE`]
+//! ([`Pool::ring_watch_space`]). The ring header holds the set's *token*, the set's name is
+//! derived from the pool's, the reader's pid and the token ([`EventSet::name_for`]), and each
+//! process opens another's set once and keeps it mapped (a small table, pruned of dead
+//! processes), so posting allocates nothing after the first packet. [`Pool::reclaim`] unlinks a
+//! dead process's sets.
+//!
 //! A full queue never loses an event silently: the event is not stored, the queue is flagged
 //! overflowed, the writer is told ([`Notified::Overflowed`]) and the reader's next wait reports
 //! [`WaitOutcome::overflowed`], meaning "events were dropped: poll every flow in this queue".
@@ -9,23 +20,45 @@
 //! clamps counts and the flow table back into range before going on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::sys::{self, LockOutcome, Mapping};
 
 const MAGIC: [u8; 8] = *b"O7SEVSET";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const READY: u32 = 0x5245_4459;
 const HEADER_SIZE: usize = 128;
 const QUEUE_HEADER_SIZE: usize = 64;
 
-/// One event: something happened on `flow` (the meaning of `kind` is the library's).
+/// One event: something happened on `flow` (the key a reader gave its ring, or any number a
+/// `notify` caller chose), of kind `kind` (the constants below, or the caller's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct Event {
     pub flow: u32,
     pub kind: u32,
+}
+
+impl Event {
+    /// A packet was published on a watched ring (one event per packet). The values of the
+    /// reference's event types (`enum fqtype`) are kept for the kinds it has.
+    pub const PACKET: u32 = 0x01;
+    /// The flow was marked down administratively (posted by whoever marks it; rings never do).
+    pub const DOWN: u32 = 0x02;
+    /// `FLOW_DOWN` was cleared on a watched ring.
+    pub const UP: u32 = 0x04;
+    /// A flow was allocated (defined for completeness; never posted by rings).
+    pub const ALLOC: u32 = 0x08;
+    /// `FLOW_DOWN` was raised on a watched ring: the flow was deallocated.
+    pub const DEALLOC: u32 = 0x10;
+    /// `PEER_GONE` was raised on a watched ring: the process at the other end is gone.
+    pub const PEER: u32 = 0x20;
+    /// A ring whose writer armed [`Pool::ring_watch_space`] has room again (or ended). o7s
+    /// only: the reference has no such event.
+    pub const WRITABLE: u32 = 0x100;
 }
 
 /// Shape of an event set.
@@ -74,7 +107,10 @@ struct Header {
     queues: u32,
     capacity: u32,
     max_flows: u32,
-    _pad: u32,
+    /// The process that made the set (whose rings post to it).
+    owner_pid: u32,
+    /// Random, non-zero: tells this set from an earlier one of a process with the same pid.
+    token: u32,
     mutex: libc::pthread_mutex_t,
 }
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
@@ -92,6 +128,11 @@ struct QueueHeader {
 pub struct EventSet {
     map: Mapping,
     cfg: EventSetConfig,
+    name: String,
+    owner_pid: u32,
+    token: u32,
+    /// Made by [`EventSet::create_for`]: the name goes when this handle does.
+    unlink_on_drop: bool,
 }
 
 fn total_len(cfg: &EventSetConfig) -> Option<usize> {
@@ -119,16 +160,71 @@ impl EventSet {
     /// Creates a set, readable and writable by `owner_uid`'s processes and the creator (0600
     /// with that owner, or 0660 when the creator keeps it).
     pub fn create(name: &str, cfg: EventSetConfig, owner_uid: Option<u32>) -> Result<Self> {
+        Self::create_object(name, cfg, 0o660, owner_uid, None, random_token())
+    }
+
+    /// The name of the set that process `pid` made with token `token` for the pool named
+    /// `pool`: `<pool>.ev.<pid>.<token in hex>`.
+    pub fn name_for(pool: &str, pid: u32, token: u32) -> String {
+        format!("{pool}.ev.{pid}.{token:08x}")
+    }
+
+    /// Creates this process's set for the rings of `pool` (see the module doc), under
+    /// [`EventSet::name_for`] with a fresh token. Every process that can open the pool can
+    /// open it (the pool object's permission bits and group); the name is unlinked when this
+    /// handle is dropped, or by [`Pool::reclaim`] if the process dies first.
+    pub fn create_for(pool: &Pool, cfg: EventSetConfig) -> Result<Self> {
+        let pool_fd =
+            sys::shm_open(pool.name()).map_err(|e| Error::sys("shm_open", pool.name(), e))?;
+        let (_, _, pool_gid, pool_mode) =
+            sys::fstat(&pool_fd).map_err(|e| Error::sys("fstat", pool.name(), e))?;
+        drop(pool_fd);
+        let mode = pool_mode & 0o660;
+        let gid = (mode & 0o060 != 0).then_some(pool_gid);
+        // A token already in use by a live set of ours is astronomically unlikely; a stale one
+        // (our pid reused) is what EEXIST would mean: pick another.
+        for _ in 0..8 {
+            let token = random_token();
+            let name = Self::name_for(pool.name(), pool.pid(), token);
+            match Self::create_object(&name, cfg, mode, None, gid, token) {
+                Ok(mut set) => {
+                    set.unlink_on_drop = true;
+                    return Ok(set);
+                }
+                Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Full("event set names"))
+    }
+
+    fn create_object(
+        name: &str,
+        cfg: EventSetConfig,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        token: u32,
+    ) -> Result<Self> {
         let len = check_config(&cfg)?;
         let fd =
-            sys::shm_create(name, 0o660).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
+            sys::shm_create(name, mode).map_err(|e| Error::sys("shm_open(O_CREAT)", name, e))?;
         let setup = || -> Result<Self> {
-            if let Some(uid) = owner_uid.filter(|&u| u != sys::geteuid()) {
-                sys::fchown(&fd, Some(uid), None).map_err(|e| Error::sys("fchown", name, e))?;
+            let uid = uid.filter(|&u| u != sys::geteuid());
+            if uid.is_some() || gid.is_some() {
+                sys::fchown(&fd, uid, gid).map_err(|e| Error::sys("fchown", name, e))?;
             }
             sys::ftruncate(&fd, len as u64).map_err(|e| Error::sys("ftruncate", name, e))?;
             let map = Mapping::map(&fd, len).map_err(|e| Error::sys("mmap", name, e))?;
-            let set = Self { map, cfg };
+            let owner_pid = sys::getpid();
+            let set = Self {
+                map,
+                cfg,
+                name: name.to_owned(),
+                owner_pid,
+                token,
+                unlink_on_drop: false,
+            };
             let h = set.header_ptr();
             // SAFETY: freshly created (O_EXCL) object, nobody else uses it before `ready`.
             unsafe {
@@ -137,6 +233,8 @@ impl EventSet {
                 (*h).queues = cfg.queues;
                 (*h).capacity = cfg.capacity;
                 (*h).max_flows = cfg.max_flows;
+                (*h).owner_pid = owner_pid;
+                (*h).token = token;
                 sys::robust_mutex_init(std::ptr::addr_of_mut!((*h).mutex))
                     .map_err(|e| Error::sys("pthread_mutex_init", name, e))?;
             }
@@ -185,11 +283,34 @@ impl EventSet {
                 "object is {size} bytes, header describes {len}"
             )));
         }
-        Ok(Self { map, cfg })
+        let (owner_pid, token) = (h.owner_pid, h.token);
+        Ok(Self {
+            map,
+            cfg,
+            name: name.to_owned(),
+            owner_pid,
+            token,
+            unlink_on_drop: false,
+        })
     }
 
     pub fn config(&self) -> EventSetConfig {
         self.cfg
+    }
+
+    /// The set's shared-memory name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pid of the process that made the set.
+    pub fn owner_pid(&self) -> u32 {
+        self.owner_pid
+    }
+
+    /// The set's token (non-zero; what a watched ring's header holds).
+    pub fn token(&self) -> u32 {
+        self.token
     }
 
     /// Watches `flow` on `queue`. A flow is in at most one queue.
@@ -224,22 +345,35 @@ impl EventSet {
 
     /// Reports an event on `flow` to the queue watching it.
     pub fn notify(&self, flow: u32, kind: u32) -> Result<Notified> {
+        self.notify_n(flow, kind, 1)
+    }
+
+    /// Reports `times` identical events on `flow` (say, a batch of packets) under one lock and
+    /// one wake-up. If not all fit, those that do are stored and the queue is flagged
+    /// overflowed ([`Notified::Overflowed`]).
+    pub fn notify_n(&self, flow: u32, kind: u32, times: u32) -> Result<Notified> {
         let Some(queue) = self.queue_of(flow) else {
             return Ok(Notified::NotWatched);
         };
+        if times == 0 {
+            return Ok(Notified::Queued);
+        }
         let q = self.queue(queue);
         let outcome = {
             let _g = self.lock();
-            let n = q.count.load(Ordering::Relaxed);
-            if n >= self.cfg.capacity {
+            let n = q.count.load(Ordering::Relaxed).min(self.cfg.capacity);
+            let fit = times.min(self.cfg.capacity - n);
+            // Entries first, count second: a crash in between loses nothing already queued.
+            for k in n..n + fit {
+                let e = self.entry(queue, k);
+                e[0].store(flow, Ordering::Relaxed);
+                e[1].store(kind, Ordering::Relaxed);
+            }
+            q.count.store(n + fit, Ordering::Release);
+            if fit < times {
                 q.overflowed.store(1, Ordering::Relaxed);
                 Notified::Overflowed
             } else {
-                // Entry first, count second: a crash in between loses nothing already queued.
-                let e = self.entry(queue, n);
-                e[0].store(flow, Ordering::Relaxed);
-                e[1].store(kind, Ordering::Relaxed);
-                q.count.store(n + 1, Ordering::Release);
                 Notified::Queued
             }
         };
@@ -388,6 +522,103 @@ impl EventSet {
     /// Removes a set's name.
     pub fn unlink(name: &str) -> Result<()> {
         sys::shm_unlink(name).map_err(|e| Error::sys("shm_unlink", name, e))
+    }
+}
+
+impl Drop for EventSet {
+    fn drop(&mut self) {
+        if self.unlink_on_drop {
+            let _ = sys::shm_unlink(&self.name);
+        }
+    }
+}
+
+/// A random non-zero token (std's per-process random hash keys, mixed with the clock).
+fn random_token() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let h = RandomState::new().hash_one((now, sys::getpid()));
+    match (h ^ (h >> 32)) as u32 {
+        0 => 1,
+        t => t,
+    }
+}
+
+/// Another process's set, mapped once by a process that posts to it; `None` when it could not
+/// be opened (gone, or not the set the ring names), so a ring naming it costs nothing more.
+struct Opened {
+    pool: String,
+    pid: u32,
+    token: u32,
+    set: Option<Arc<EventSet>>,
+}
+
+/// Sets this process posts to. Small: one entry per reader process this one writes to.
+static OPENED: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
+/// Past this many entries, those of dead processes are dropped, then the oldest.
+const OPENED_MAX: usize = 64;
+
+fn opened() -> std::sync::MutexGuard<'static, Vec<Opened>> {
+    // Nothing done under this lock can leave the table inconsistent.
+    OPENED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Posts `times` events of `kind` for `key` to the set `token` of process `pid` (a ring's
+/// reader or writer). Opens the set on first use; after that, allocates nothing.
+pub(crate) fn post(pool: &Pool, pid: u32, token: u32, key: u32, kind: u32, times: u32) {
+    if token == 0 || times == 0 {
+        return;
+    }
+    let set = {
+        let mut table = opened();
+        let found = table
+            .iter()
+            .find(|o| o.pid == pid && o.token == token && o.pool == pool.name())
+            .map(|o| o.set.clone());
+        match found {
+            Some(set) => set,
+            None => {
+                let set = EventSet::open(&EventSet::name_for(pool.name(), pid, token))
+                    .ok()
+                    .filter(|s| s.owner_pid == pid && s.token == token)
+                    .map(Arc::new);
+                if table.len() >= OPENED_MAX {
+                    table.retain(|o| sys::process_alive(o.pid));
+                    if table.len() >= OPENED_MAX {
+                        table.remove(0);
+                    }
+                }
+                table.push(Opened {
+                    pool: pool.name().to_owned(),
+                    pid,
+                    token,
+                    set: set.clone(),
+                });
+                set
+            }
+        }
+    };
+    if let Some(set) = set {
+        // Errors only for keys beyond the set's table: nothing watches them.
+        let _ = set.notify_n(key, kind, times);
+    }
+}
+
+/// Part of [`Pool::reclaim`]: forgets the dead process's sets and unlinks their names.
+pub(crate) fn reclaim_sets(pool: &Pool, pid: u32) {
+    opened().retain(|o| !(o.pid == pid && o.pool == pool.name()));
+    let prefix = format!("{}.ev.{pid}.", pool.name());
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        if let Some(name) = entry.file_name().to_str()
+            && name.starts_with(&prefix)
+        {
+            let _ = sys::shm_unlink(name);
+        }
     }
 }
 

@@ -10,6 +10,14 @@
 //!
 //! Positions are free-running `u32` counters; `head - tail` in wrapping arithmetic is the fill
 //! level, correct across wrap-around for any capacity up to 2^31.
+//!
+//! A ring can also post to event sets (see `evset`): its reader may *watch* it
+//! ([`Pool::ring_watch`]: every published packet and every end-of-flow flag becomes an event in
+//! the reader's set), and its writer may arm a one-shot *space watch*
+//! ([`Pool::ring_watch_space`]: the reader's next take posts [`Event::WRITABLE`] to the
+//! writer's set). Each is a token word in the shared header, read with one load after the
+//! publish that the futex wake-up already fences; the watching side stores its token, fences,
+//! then re-checks the ring, so a packet (or room) is never missed in between.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::desc::Place;
 use crate::error::{Error, Result};
+use crate::evset::{self, Event, EventSet};
 use crate::layout::CACHE_LINE;
 use crate::packet::Packet;
 use crate::pool::Pool;
@@ -57,6 +66,13 @@ struct RingHeader {
     flags: AtomicU32,
     seq: AtomicU32,
     waiters: AtomicU32,
+    /// Token of the reader's event set watching the ring (0: none), and the key its events
+    /// carry.
+    watch: AtomicU32,
+    watch_key: AtomicU32,
+    /// Token of the writer's event set waiting for room once (0: none), and its key.
+    space_watch: AtomicU32,
+    space_key: AtomicU32,
 }
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= crate::layout::RING_HEADER_SIZE);
 
@@ -104,6 +120,39 @@ fn notify(h: &RingHeader) {
     if h.waiters.load(Ordering::SeqCst) != 0 {
         h.seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(&h.seq);
+    }
+}
+
+/// Room for a write, or a flag that makes writes fail at once.
+fn writable(pool: &Pool, h: &RingHeader) -> bool {
+    let used = h
+        .head
+        .load(Ordering::Acquire)
+        .wrapping_sub(h.tail.load(Ordering::Acquire));
+    used < pool.layout().config.ring_capacity || h.flags.load(Ordering::Acquire) != 0
+}
+
+/// Posts to the set watching the ring (its reader's), if any. Call after a SeqCst fence.
+fn post_reader(pool: &Pool, h: &RingHeader, kind: u32, times: u32) {
+    let token = h.watch.load(Ordering::SeqCst);
+    if token != 0 {
+        let key = h.watch_key.load(Ordering::SeqCst);
+        let consumer = h.consumer.load(Ordering::Relaxed);
+        evset::post(pool, consumer, token, key, kind, times);
+    }
+}
+
+/// Fires (and disarms) the writer's one-shot space watch, if armed. Call after a SeqCst fence.
+fn fire_space_watch(pool: &Pool, h: &RingHeader) {
+    let token = h.space_watch.load(Ordering::SeqCst);
+    if token != 0
+        && h.space_watch
+            .compare_exchange(token, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    {
+        let key = h.space_key.load(Ordering::SeqCst);
+        let producer = h.producer.load(Ordering::Relaxed);
+        evset::post(pool, producer, token, key, Event::WRITABLE, 1);
     }
 }
 
@@ -159,6 +208,10 @@ impl Pool {
                 h.consumer.store(consumer, Ordering::Relaxed);
                 h.flags.store(0, Ordering::Relaxed);
                 h.waiters.store(0, Ordering::Relaxed);
+                h.watch.store(0, Ordering::Relaxed);
+                h.watch_key.store(0, Ordering::Relaxed);
+                h.space_watch.store(0, Ordering::Relaxed);
+                h.space_key.store(0, Ordering::Relaxed);
                 h.state.store(STATE_LIVE, Ordering::Release);
                 return Ok(r);
             }
@@ -176,20 +229,141 @@ impl Pool {
         Ok(freed)
     }
 
-    /// Sets flags on a ring and wakes both ends.
+    /// Sets flags on a ring and wakes both ends. A watching reader's set is told once per
+    /// flag newly raised: [`Event::DEALLOC`] for `FLOW_DOWN`, [`Event::PEER`] for `PEER_GONE`;
+    /// a writer's armed space watch fires, so a writer waiting for room sees the flow end.
     pub fn ring_set_flags(&self, ring: u32, flags: u32) -> Result<()> {
         let h = live_header(self, ring)?;
-        h.flags.fetch_or(flags, Ordering::SeqCst);
+        let before = h.flags.fetch_or(flags, Ordering::SeqCst);
         h.seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(&h.seq);
+        let raised = flags & !before;
+        if raised & RingFlags::FLOW_DOWN != 0 {
+            post_reader(self, h, Event::DEALLOC, 1);
+        }
+        if raised & RingFlags::PEER_GONE != 0 {
+            post_reader(self, h, Event::PEER, 1);
+        }
+        if raised != 0 {
+            fire_space_watch(self, h);
+        }
         Ok(())
     }
 
+    /// Clears flags on a ring and wakes both ends; clearing `FLOW_DOWN` tells a watching
+    /// reader's set [`Event::UP`].
     pub fn ring_clear_flags(&self, ring: u32, flags: u32) -> Result<()> {
         let h = live_header(self, ring)?;
-        h.flags.fetch_and(!flags, Ordering::SeqCst);
+        let before = h.flags.fetch_and(!flags, Ordering::SeqCst);
         h.seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(&h.seq);
+        if before & flags & RingFlags::FLOW_DOWN != 0 {
+            post_reader(self, h, Event::UP, 1);
+        }
+        if before & flags != 0 {
+            fire_space_watch(self, h);
+        }
+        Ok(())
+    }
+
+    /// Watches a ring this process reads with its own event set `set` (made by
+    /// [`EventSet::create_for`] on this pool): from now on each packet published on it is one
+    /// [`Event::PACKET`] with `key` in the queue of `set` that watches `key` (add `key` to a
+    /// queue first), and end-of-flow flags are events too (see [`Pool::ring_set_flags`]).
+    /// Packets already queued post nothing: look at [`Pool::ring_len`] after this call. A ring
+    /// has at most one watcher; watching again replaces it.
+    pub fn ring_watch(&self, ring: u32, set: &EventSet, key: u32) -> Result<()> {
+        let h = live_header(self, ring)?;
+        self.check_own_set(ring, set)?;
+        if h.consumer.load(Ordering::Relaxed) != self.pid() {
+            return Err(Error::Ring {
+                ring,
+                reason: format!("pid {} is not its consumer", self.pid()),
+            });
+        }
+        h.watch.store(0, Ordering::SeqCst);
+        h.watch_key.store(key, Ordering::SeqCst);
+        h.watch.store(set.token(), Ordering::SeqCst);
+        // Pairs with the writer's fence between publishing and loading `watch`: a packet
+        // published before this is seen by the caller's look at the ring.
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stops `set` watching a ring (nothing if another set, or none, watches it).
+    pub fn ring_unwatch(&self, ring: u32, set: &EventSet) -> Result<()> {
+        let h = live_header(self, ring)?;
+        let _ = h
+            .watch
+            .compare_exchange(set.token(), 0, Ordering::SeqCst, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The token of the set watching a ring (0: none).
+    pub fn ring_watcher(&self, ring: u32) -> Result<u32> {
+        Ok(live_header(self, ring)?.watch.load(Ordering::Acquire))
+    }
+
+    /// Whether a write to the ring would not wait: it has room, or a flag makes writes fail.
+    pub fn ring_writable(&self, ring: u32) -> Result<bool> {
+        let h = live_header(self, ring)?;
+        Ok(writable(self, h))
+    }
+
+    /// For a ring this process writes: asks, once, for an [`Event::WRITABLE`] with `key` in
+    /// its own `set` when the reader next takes packets (or a flag is raised or cleared).
+    /// Returns `true`, and arms nothing, if the ring is writable already (see
+    /// [`Pool::ring_writable`]); then do not wait for the event. Arming again replaces the
+    /// previous request.
+    pub fn ring_watch_space(&self, ring: u32, set: &EventSet, key: u32) -> Result<bool> {
+        let h = live_header(self, ring)?;
+        self.check_own_set(ring, set)?;
+        if h.producer.load(Ordering::Relaxed) != self.pid() {
+            return Err(Error::Ring {
+                ring,
+                reason: format!("pid {} is not its producer", self.pid()),
+            });
+        }
+        if writable(self, h) {
+            return Ok(true);
+        }
+        h.space_watch.store(0, Ordering::SeqCst);
+        h.space_key.store(key, Ordering::SeqCst);
+        h.space_watch.store(set.token(), Ordering::SeqCst);
+        // Pairs with the reader's fence between moving the tail and loading `space_watch`.
+        fence(Ordering::SeqCst);
+        if writable(self, h) {
+            // Room came meanwhile; disarm unless the reader already fired it (then one
+            // spurious event arrives, which is harmless).
+            let _ =
+                h.space_watch
+                    .compare_exchange(set.token(), 0, Ordering::SeqCst, Ordering::Relaxed);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn check_own_set(&self, ring: u32, set: &EventSet) -> Result<()> {
+        // The name must be `EventSet::name_for(pool, our pid, its token)` (checked in place:
+        // a space watch is armed on the write path).
+        let named_ours = set
+            .name()
+            .strip_prefix(self.name())
+            .and_then(|rest| rest.strip_prefix(".ev."))
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(pid, token)| {
+                pid.parse() == Ok(self.pid()) && u32::from_str_radix(token, 16) == Ok(set.token())
+            });
+        if set.owner_pid() != self.pid() || !named_ours {
+            return Err(Error::Ring {
+                ring,
+                reason: format!(
+                    "event set {:?} is not this process's set for pool {:?}",
+                    set.name(),
+                    self.name()
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -277,7 +451,8 @@ fn drain(pool: &Pool, ring: u32, h: &RingHeader) -> usize {
     freed
 }
 
-/// Part of [`Pool::reclaim`]: the dead process's ring ends.
+/// Part of [`Pool::reclaim`]: the dead process's ring ends, and its event sets (it no longer
+/// watches anything; their names are unlinked).
 pub(crate) fn reclaim_ends(pool: &Pool, pid: u32) -> usize {
     let mut freed = 0;
     for r in 0..pool.layout().config.rings {
@@ -289,6 +464,13 @@ pub(crate) fn reclaim_ends(pool: &Pool, pid: u32) -> usize {
         let producer_dead = h.producer.load(Ordering::Relaxed) == pid;
         if !consumer_dead && !producer_dead {
             continue;
+        }
+        // Nobody to tell on the dead side; the live side hears PEER_GONE below.
+        if consumer_dead {
+            h.watch.store(0, Ordering::SeqCst);
+        }
+        if producer_dead {
+            h.space_watch.store(0, Ordering::SeqCst);
         }
         let _ = pool.ring_set_flags(r, RingFlags::PEER_GONE);
         if consumer_dead {
@@ -308,6 +490,7 @@ pub(crate) fn reclaim_ends(pool: &Pool, pid: u32) -> usize {
             }
         }
     }
+    evset::reclaim_sets(pool, pid);
     freed
 }
 
@@ -441,6 +624,8 @@ impl<'p> RingWriter<'p> {
         let head = self.h.head.load(Ordering::Relaxed);
         self.h.head.store(head.wrapping_add(n), Ordering::Release);
         notify(self.h);
+        // One event per packet, as in the reference (a reader counts on it).
+        post_reader(self.pool, self.h, Event::PACKET, n);
     }
 
     pub fn len(&self) -> u32 {
@@ -547,6 +732,7 @@ impl<'p> RingReader<'p> {
             .tail
             .store(tail.wrapping_add(consumed), Ordering::Release);
         notify(self.h);
+        fire_space_watch(self.pool, self.h);
         Ok(got)
     }
 
