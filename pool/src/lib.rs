@@ -35,7 +35,9 @@ pub use layout::{
 };
 pub use packet::Packet;
 pub use pool::{Access, Pool, Report, SHARED_GROUP, UmemRegion, pool_name};
-pub use ring::{RingFlags, RingReader, RingWriter};
+pub use ring::{
+    Bell, RingArm, RingFlags, RingReader, RingWriter, WAIT_ANY_MAX, WakeWord, wait_any,
+};
 
 /// Whether the calling process may use the shared pool (root or group [`SHARED_GROUP`]); others
 /// use their per-user pool.

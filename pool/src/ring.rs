@@ -31,6 +31,9 @@ use crate::packet::Packet;
 use crate::pool::Pool;
 use crate::sys;
 
+mod any;
+pub use any::{Bell, RingArm, WAIT_ANY_MAX, WakeWord, wait_any};
+
 /// Ring flags, shared by both ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingFlags(pub u32);

@@ -182,6 +182,104 @@ pub fn futex_wake_all(word: &AtomicU32) {
     };
 }
 
+/// The most words one `futex_waitv` call takes (the kernel's `FUTEX_WAITV_MAX`).
+pub const FUTEX_WAITV_MAX: usize = 128;
+
+/// How a [`futex_waitv`] call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waitv {
+    /// Woken on word `i` (the kernel names one; others may have been woken too).
+    Woken(usize),
+    /// Some word did not hold its expected value when the call started.
+    Changed,
+    /// The timeout passed.
+    TimedOut,
+    /// A signal interrupted the wait.
+    Interrupted,
+}
+
+/// `struct futex_waitv` of `<linux/futex.h>`.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32` (shared, not private: the words may live in shared mappings).
+const FUTEX2_SIZE_U32: u32 = 0x02;
+
+/// Waits while every `words[i].0 == words[i].1`, at most `timeout` (None: forever), with one
+/// `futex_waitv` (Linux 5.16). At most [`FUTEX_WAITV_MAX`] words; no allocation.
+///
+/// # Errors
+/// `EINVAL` for more than [`FUTEX_WAITV_MAX`] words or none, `ENOSYS` on older kernels.
+pub fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) -> io::Result<Waitv> {
+    if words.is_empty() || words.len() > FUTEX_WAITV_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut waiters = [const {
+        FutexWaitv {
+            val: 0,
+            uaddr: 0,
+            flags: 0,
+            reserved: 0,
+        }
+    }; FUTEX_WAITV_MAX];
+    for (w, (word, expected)) in waiters.iter_mut().zip(words) {
+        w.val = u64::from(*expected);
+        w.uaddr = word.as_ptr() as u64;
+        w.flags = FUTEX2_SIZE_U32;
+    }
+    // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+    let deadline = match timeout {
+        None => None,
+        Some(t) => {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `now` is a valid, writable timespec.
+            syscall!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) })?;
+            let nanos = i128::from(now.tv_nsec) + i128::from(t.subsec_nanos());
+            let secs = i128::from(now.tv_sec)
+                + i128::from(t.as_secs().min(i64::MAX as u64))
+                + nanos / 1_000_000_000;
+            Some(libc::timespec {
+                tv_sec: secs.min(i128::from(i64::MAX)) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            })
+        }
+    };
+    let ts_ptr = deadline
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters[..words.len()]` are initialised futex_waitv entries whose addresses point
+    // at live `AtomicU32`s (borrowed for the call); ts_ptr is null or a timespec that outlives
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            words.len() as libc::c_uint,
+            0 as libc::c_uint,
+            ts_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r >= 0 {
+        return Ok(Waitv::Woken(r as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Waitv::Changed),
+        Some(libc::ETIMEDOUT) => Ok(Waitv::TimedOut),
+        Some(libc::EINTR) => Ok(Waitv::Interrupted),
+        _ => Err(e),
+    }
+}
+
 /// Initialises a process-shared, robust pthread mutex in place.
 ///
 /// # Safety
