@@ -21,7 +21,10 @@ struct Args {
     /// for /run/o7s).
     #[arg(long, env = "O7S_SHM_PREFIX")]
     shm_prefix: Option<String>,
-    /// irmd.conf (TOML) to apply at start-up.
+    /// irmd.conf (TOML, the reference's tables and keys) to apply at start-up: names and
+    /// programs, then the local and eth-dix IPCPs (created, bootstrapped, names registered).
+    /// Any error names its table or key, and the IRMd exits non-zero having stopped what it
+    /// started.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -59,13 +62,16 @@ fn main() -> anyhow::Result<()> {
             config,
         })
         .context("irmd cannot start")?;
-        irmd.run(async {
+        // The IPCP tables of the configuration are applied while serving; a failure stops
+        // the IRMd (with what it started) and makes it exit non-zero.
+        irmd.serve(async {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),
                 _ = int.recv() => info!("SIGINT: shutting down"),
             }
         })
-        .await;
+        .await
+        .context("irmd.conf")?;
         Ok(())
     })
 }

@@ -40,6 +40,8 @@ use crate::flows::{Flow, Side};
 use crate::lock::{LockError, Lockfile};
 use crate::registry::{Refusal, Registry, check_name};
 
+mod autostart;
+mod boot;
 mod ipcps;
 
 pub use ipcps::{CONTROL_TIMEOUT, HELLO_TIMEOUT, TERM_GRACE};
@@ -156,6 +158,8 @@ struct State {
     /// Spawned IPCP processes by pid: the child to reap and the control link. Locked after
     /// the registry, never while awaiting.
     procs: Mutex<HashMap<u32, Proc>>,
+    /// Programs started on demand (auto-start), still running.
+    spawned: autostart::Spawned,
 }
 
 /// The answer to a waiting `FlowAccept` or `FlowAlloc`.
@@ -280,6 +284,7 @@ impl Irmd {
                 next_conn: AtomicU64::new(1),
                 rundir,
                 procs: Mutex::new(HashMap::new()),
+                spawned: autostart::Spawned::default(),
             }),
         })
     }
@@ -313,6 +318,7 @@ impl Irmd {
     }
 
     fn shutdown(self) {
+        autostart::terminate_all(&self.state);
         ipcps::terminate_all(&self.state);
         let socket = crate::socket_path(&self.options.rundir);
         if let Err(e) = std::fs::remove_file(&socket) {
@@ -923,6 +929,7 @@ async fn alloc_direct(
             undo_flow(state, flow.id);
             continue;
         }
+        autostart::kick(state, &r.dst, token);
         let Some(rx) = rx else {
             return Err(Refusal::new(ErrorCode::Internal, "no answer channel"));
         };

@@ -645,9 +645,9 @@ fn a_config_file_is_applied_or_refused_by_key() {
     let (status, err) = run("[name.x]\nprog = [\"/bin/true\"]\nbogus = 1\n");
     assert!(!status.success());
     assert!(err.contains("bogus"), "{err}");
-    let (status, err) = run("[eth-dix.e]\ndev = \"veth0\"\nbootstrap = \"l\"\n");
+    let (status, err) = run("[unicast.u]\nbootstrap = \"l\"\n");
     assert!(!status.success());
-    assert!(err.contains("not supported yet: eth-dix.e"), "{err}");
+    assert!(err.contains("not supported yet: unicast.u"), "{err}");
     let (status, err) = run("[name.x]\nlb = \"sideways\"\n");
     assert!(!status.success());
     assert!(err.contains("name.x.lb"), "{err}");

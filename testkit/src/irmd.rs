@@ -1,6 +1,6 @@
 //! A real `irmd` on a temporary run directory.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,6 +45,7 @@ pub struct Options {
     rust_log: String,
     path: Option<String>,
     stop: Stop,
+    args: Vec<OsString>,
 }
 
 impl Options {
@@ -56,6 +57,7 @@ impl Options {
             rust_log: "debug".into(),
             path: None,
             stop: Stop::Kill,
+            args: Vec::new(),
         }
     }
 
@@ -79,6 +81,12 @@ impl Options {
 
     pub fn stop(mut self, stop: Stop) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// One more argument of the IRMd (after `--rundir DIR`), e.g. `--config`.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
         self
     }
 
@@ -115,6 +123,7 @@ impl Irmd {
         let mut cmd = options.command(options.binary.as_os_str());
         cmd.arg("--rundir")
             .arg(&rundir)
+            .args(&options.args)
             .env("RUST_LOG", &options.rust_log)
             .env_remove("O7S_SHM_PREFIX")
             .stdin(Stdio::null())
