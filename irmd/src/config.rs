@@ -889,6 +889,29 @@ mod test {
         }
     }
 
+    #[test]
+    fn the_oracle_holds_on_the_fuzz_seeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/config");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/config") {
+            let path = entry.expect("seed").path();
+            let text = std::fs::read_to_string(&path).expect("seed text");
+            fuzz_oracle(text.as_bytes());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            seen.push((name.unwrap_or_default(), Config::parse(&text).is_ok()));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("eth-dix.toml".to_owned(), true),
+                ("local.toml".to_owned(), true),
+                ("mixed.toml".to_owned(), false),
+                ("unicast.toml".to_owned(), false),
+            ]
+        );
+    }
+
     /// One IPCP table of a generated file: its type, name and whether it bootstraps.
     fn table() -> impl Strategy<Value = (bool, String, bool)> {
         (any::<bool>(), "[a-z][a-z0-9]{0,6}", any::<bool>())

@@ -7,7 +7,8 @@
 //!   dispatcher, pidfd process watching, shutdown.
 //! * [`registry`]: the registry itself, pure state.
 //! * [`lock`]: the `flock`ed lockfile that makes one IRMd per run directory.
-//! * [`config`]: reads `irmd.conf`.
+//! * [`config`]: reads and checks `irmd.conf` (`irmd --config`); `server`'s `boot` module
+//!   applies its IPCP tables, `autostart` starts the programs bound with arguments.
 //! * [`flows`]: the flow table and the accepts and allocations waiting for each other.
 //!
 //! Clients talk to it with `o7s::irm::Client` (the application library's blocking client).
@@ -16,7 +17,7 @@
 //! registered in them are hashed (SHA3) and forwarded. A flow to a name registered in an
 //! operational IPCP goes through that IPCP; any other name gets a *direct local flow* (both ends
 //! on this host, two rings in the shared pool, no IPCP). See `server`'s `ipcps` module. Not
-//! implemented yet: other IPCP types, enrollment, auto-started programs, per-user pools, OAP.
+//! implemented yet: other IPCP types, enrollment, per-user pools, OAP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
