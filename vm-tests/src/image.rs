@@ -1,8 +1,9 @@
 //! Guest images: a Debian kernel fetched with `apt-get download`, its modules, and an initramfs
 //! holding busybox-static, iproute2, the scenario payload and an init script.
 //!
-//! Downloads go through a private `APT_CONFIG` (bookworm + bookworm-backports) under
-//! [`crate::cache_dir`], so the machine's own APT sources are neither needed nor changed.
+//! Downloads go through private `APT_CONFIG`s under [`crate::cache_dir`] (`apt/`: bookworm +
+//! bookworm-backports, for the 6.12 kernel and busybox-static; `apt-trixie/`: trixie-backports,
+//! for the 7.x kernel), so the machine's own APT sources are neither needed nor changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,12 @@ pub struct PrivateApt {
 impl PrivateApt {
     /// Writes the configuration if missing: bookworm and bookworm-backports main.
     pub fn ensure(cache: &Path) -> Result<Self> {
-        let dir = cache.join("apt");
+        Self::ensure_suites(cache, "apt", &["bookworm", "bookworm-backports"])
+    }
+
+    /// A private configuration in `cache/<name>` for these Debian suites (main).
+    pub fn ensure_suites(cache: &Path, name: &str, suites: &[&str]) -> Result<Self> {
+        let dir = cache.join(name);
         for sub in [
             "lists/partial",
             "cache/archives/partial",
@@ -37,7 +43,7 @@ impl PrivateApt {
         }
         let sources = dir.join("sources.list");
         let mut text = String::new();
-        for suite in ["bookworm", "bookworm-backports"] {
+        for suite in suites {
             text +=
                 &format!("deb [signed-by={KEYRING}] http://deb.debian.org/debian {suite} main\n");
         }
@@ -105,6 +111,73 @@ impl PrivateApt {
     }
 }
 
+/// Which guest kernel a scenario boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelSeries {
+    /// Debian 12's 6.12 kernel (bookworm-backports `linux-image-6.12.*-amd64`): native XDP and
+    /// AF_XDP in copy mode on virtio-net.
+    #[default]
+    V6_12,
+    /// Debian 13's 7.x kernel (trixie-backports `linux-binary-7.*-amd64` with
+    /// `linux-modules-7.*-amd64`): AF_XDP zero-copy on virtio-net (with
+    /// `iommu_platform=on,disable-legacy=on`).
+    V7,
+}
+
+impl KernelSeries {
+    /// Parses `6.12` or `7`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "6" | "6.12" => Some(Self::V6_12),
+            "7" | "7.x" => Some(Self::V7),
+            _ => None,
+        }
+    }
+
+    /// `6.12` or `7.x`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::V6_12 => "6.12",
+            Self::V7 => "7.x",
+        }
+    }
+
+    /// The environment variable that pins a package of this series.
+    fn env(self) -> &'static str {
+        match self {
+            Self::V6_12 => "O7S_VM_KERNEL",
+            Self::V7 => "O7S_VM_KERNEL7",
+        }
+    }
+
+    /// Package name prefix that holds the kernel image.
+    fn image_prefix(self) -> &'static str {
+        match self {
+            Self::V6_12 => "linux-image-6.12.",
+            Self::V7 => "linux-binary-7.",
+        }
+    }
+
+    fn apt(self, cache: &Path) -> Result<PrivateApt> {
+        match self {
+            Self::V6_12 => PrivateApt::ensure(cache),
+            Self::V7 => PrivateApt::ensure_suites(cache, "apt-trixie", &["trixie-backports"]),
+        }
+    }
+
+    /// The packages to extract for `image_package`: the image, plus the modules package
+    /// where the series splits them.
+    fn packages(self, image_package: &str) -> Vec<String> {
+        match self {
+            Self::V6_12 => vec![image_package.to_string()],
+            Self::V7 => vec![
+                image_package.to_string(),
+                image_package.replacen("linux-binary-", "linux-modules-", 1),
+            ],
+        }
+    }
+}
+
 /// An extracted Debian kernel package.
 pub struct Kernel {
     pub package: String,
@@ -114,37 +187,40 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// Sort key for `linux-image-6.12.95+deb12-amd64`: the numbers of `6.12.95`.
+/// Sort key for `linux-image-6.12.95+deb12-amd64` or `linux-binary-7.3.4+deb13-amd64`: the
+/// numbers of the version.
 fn version_key(package: &str) -> Vec<u64> {
-    let v = package.trim_start_matches("linux-image-");
+    let v = package
+        .trim_start_matches("linux-image-")
+        .trim_start_matches("linux-binary-");
     let v = v.split(['+', '-']).next().unwrap_or("");
     v.split('.').map(|n| n.parse().unwrap_or(0)).collect()
 }
 
-/// The newest generic 6.12 amd64 kernel from bookworm-backports (or `$O7S_VM_KERNEL`, a package
-/// name), downloaded and extracted once into the cache.
-pub fn kernel(cache: &Path) -> Result<Kernel> {
+/// The newest generic amd64 kernel of `series` (or the package named by `$O7S_VM_KERNEL` /
+/// `$O7S_VM_KERNEL7`), downloaded and extracted once into the cache.
+pub fn kernel(cache: &Path, series: KernelSeries) -> Result<Kernel> {
     let root = cache.join("kernel");
     std::fs::create_dir_all(&root)?;
-    let wanted = std::env::var("O7S_VM_KERNEL").ok();
+    let wanted = std::env::var(series.env()).ok();
+    let prefix = series.image_prefix();
     let cached: Vec<String> = std::fs::read_dir(&root)?
         .flatten()
         .filter(|e| e.path().join("extracted").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|p| p.starts_with(prefix))
         .collect();
     let package = match (&wanted, cached.iter().max_by_key(|p| version_key(p))) {
         (Some(w), _) => w.clone(),
         (None, Some(c)) => c.clone(),
         (None, None) => {
-            let apt = PrivateApt::ensure(cache)?;
+            let apt = series.apt(cache)?;
             apt.update_if_needed()?;
-            let names = util::run(
-                apt.command("apt-cache")
-                    .args(["pkgnames", "linux-image-6.12."]),
-            )?;
+            let names = util::run(apt.command("apt-cache").args(["pkgnames", prefix]))?;
             let mut names: Vec<&str> = names
                 .lines()
                 .filter(|n| n.ends_with("-amd64") && !n.contains("cloud") && !n.contains("-rt-"))
+                .filter(|n| !n.contains("-unsigned-") && !n.ends_with("-dbg"))
                 .collect();
             names.sort_by_key(|n| std::cmp::Reverse(version_key(n)));
             // `pkgnames` also lists names only mentioned as dependencies: take the newest that
@@ -157,31 +233,51 @@ pub fn kernel(cache: &Path) -> Result<Kernel> {
                         .output()
                         .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
                 })
-                .context("no linux-image-6.12.*-amd64 package in bookworm-backports")?
+                .with_context(|| {
+                    format!(
+                        "no {prefix}*-amd64 package for the {} kernel",
+                        series.label()
+                    )
+                })?
                 .to_string()
         }
     };
     let dir = root.join(&package);
     if !dir.join("extracted").exists() {
-        let apt = PrivateApt::ensure(cache)?;
-        let deb = apt.download(&package)?;
+        let apt = series.apt(cache)?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        for p in series.packages(&package) {
+            let deb = apt.download(&p)?;
+            util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        }
         std::fs::write(dir.join("extracted"), "")?;
     }
-    let modules_root = dir.join("lib/modules");
+    // Debian 13 installs modules under usr/lib, Debian 12 under lib.
+    let modules_root = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| dir.join(d))
+        .find(|d| d.is_dir())
+        .with_context(|| format!("{} has no lib/modules", dir.display()))?;
     let version = std::fs::read_dir(&modules_root)
-        .with_context(|| format!("{} has no lib/modules", dir.display()))?
+        .with_context(|| format!("reading {}", modules_root.display()))?
         .flatten()
         .next()
         .context("no module directory")?
         .file_name()
         .to_string_lossy()
         .into_owned();
+    // Debian 12 ships boot/vmlinuz-VERSION; the 7.x packages put it beside the modules.
+    let vmlinuz = [
+        dir.join(format!("boot/vmlinuz-{version}")),
+        modules_root.join(&version).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .with_context(|| format!("{} has no vmlinuz for {version}", dir.display()))?;
     Ok(Kernel {
         package,
-        vmlinuz: dir.join(format!("boot/vmlinuz-{version}")),
+        vmlinuz,
         modules: modules_root.join(&version),
         version,
     })
@@ -355,6 +451,34 @@ impl Initramfs {
         );
         self.cpio.finish(&mut f)?;
         Ok(())
+    }
+}
+
+/// `src` without debug information (`strip --strip-debug` into `scratch`) when it is an ELF
+/// file with some, else `src` itself: debug builds of the o7s daemons are mostly DWARF, and
+/// the initramfs is unpacked into the guest's RAM.
+pub fn stripped(src: &Path, scratch: &Path) -> Result<PathBuf> {
+    let mut magic = [0u8; 4];
+    let is_elf = std::fs::File::open(src)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF";
+    if !is_elf {
+        return Ok(src.to_path_buf());
+    }
+    let name = src.file_name().context("payload without a file name")?;
+    let out = scratch.join("stripped").join(name);
+    std::fs::create_dir_all(scratch.join("stripped"))?;
+    match Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out)
+        .arg(src)
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(out),
+        // No binutils: the unstripped file still works when the guest has room for it.
+        _ => Ok(src.to_path_buf()),
     }
 }
 

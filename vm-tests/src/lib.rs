@@ -16,6 +16,7 @@ pub mod artifacts;
 pub mod cpio;
 pub mod image;
 pub mod netns;
+pub mod o7s_eth;
 pub mod qemu;
 pub mod scenario;
 pub mod scenarios;

@@ -157,6 +157,7 @@ impl World {
             .env("IP", "ip")
             .env("TC", "tc")
             .env("O7S_BIN", &self.bin)
+            .env("O7S_HOST", host)
             .env("O7S_LOG", self.host_dirs.join(host).join("log"))
             .env("O7S_RUNDIR", self.host_dirs.join(host).join("run"))
             .env("PATH", format!("{}:{path}", self.bin.display()));
@@ -229,6 +230,11 @@ impl Netns {
                 let mut c = w.shell(host, cmd);
                 c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
                 let child = GroupChild::spawn(&mut c)?;
+                // As in the guests: `$O7S_LOG/NAME.pid` names the process for later steps.
+                std::fs::write(
+                    w.host_dirs.join(host).join(format!("log/{name}.pid")),
+                    format!("{}\n", child.child.id()),
+                )?;
                 w.procs.insert((host.into(), name.clone()), child);
                 Ok(())
             }
@@ -292,6 +298,11 @@ impl Backend for Netns {
 /// Why this machine cannot meet a requirement, if it cannot.
 fn missing(r: Requirement) -> Result<Option<String>> {
     match r {
+        Requirement::ZeroCopyXdp => Ok(Some(
+            "veth has no AF_XDP zero-copy mode; the qemu backend runs this on virtio-net with a \
+             7.x guest kernel"
+                .into(),
+        )),
         Requirement::Netem => {
             let ns = NsGuard::new(util::unique(util::NS_PREFIX) + "-probe")?;
             let ok = Command::new("ip")

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::image::{self, Initramfs};
+use crate::image::{self, Initramfs, KernelSeries};
 use crate::netns::{NsGuard, TempDir};
-use crate::scenario::{Action, Expect, Scenario, shell_quote};
+use crate::scenario::{Action, Expect, Requirement, Scenario, shell_quote};
 use crate::util::{self, GroupChild};
 use crate::{Backend, Verdict};
 
@@ -37,6 +37,9 @@ pub struct Qemu {
     pub timeout: Duration,
     /// Echo the guests' consoles.
     pub verbose: bool,
+    /// The guest kernel for every scenario (`None`: 6.12, or 7.x for scenarios that need
+    /// AF_XDP zero-copy).
+    pub kernel: Option<KernelSeries>,
     notes: Vec<String>,
 }
 
@@ -48,17 +51,21 @@ impl Default for Qemu {
             .unwrap_or(300);
         Self {
             accel: std::env::var("VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
-            memory_mib: 512,
+            memory_mib: 1024,
             cpus: 2,
             queues: 4,
             timeout: Duration::from_secs(secs),
             verbose: false,
+            kernel: None,
             notes: Vec::new(),
         }
     }
 }
 
 /// Modules every guest loads (with their dependencies): the NIC driver and netem.
+/// How long the other guests get to stop (and print their diagnostics) after one failed.
+const ABORT_GRACE: Duration = Duration::from_secs(40);
+
 const MODULES: &[&str] = &["virtio_net", "sch_netem"];
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -76,6 +83,15 @@ mkdir -p /dev/shm /run/o7s /var/log/o7s /tmp
 mount -t tmpfs shm /dev/shm
 export IP=/usr/bin/ip TC=/usr/bin/tc O7S_BIN=/o7s/bin O7S_LOG=/var/log/o7s O7S_RUNDIR=/run/o7s
 verdict() {
+    if [ "$1" != ok ]; then
+        # What the spawned processes said last: the harness shows the console's tail.
+        for f in $O7S_LOG/*.log; do
+            [ -f "$f" ] || continue
+            echo "--- $host: tail of ${f##*/}"
+            tail -n 12 "$f"
+        done
+        [ -f /o7s/diagnose.sh ] && timeout 20 sh /o7s/diagnose.sh 2>&1 | tail -n 60
+    fi
     if [ "$1" = ok ]; then echo "VM-RESULT: ok"; else echo "VM-RESULT: fail $2"; fi
     read -r -t 120 line
     poweroff -f
@@ -94,6 +110,7 @@ for m in $(cat /o7s/modules.list); do
     insmod /o7s/modules/$m.ko || verdict fail "insmod $m"
 done
 host=$(sed -n 's/.*o7s\.host=\([^ ]*\).*/\1/p' /proc/cmdline)
+export O7S_HOST=$host
 [ -f "/o7s/hosts/$host.sh" ] || verdict fail "no script for host '$host'"
 . "/o7s/hosts/$host.sh"
 verdict ok
@@ -256,9 +273,20 @@ impl Guest {
 }
 
 impl Qemu {
-    fn build_image(&self, s: &Scenario, dir: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
+    /// The kernel a scenario boots: the one asked for, else 7.x where zero-copy is needed.
+    fn series(&self, s: &Scenario) -> KernelSeries {
+        self.kernel
+            .unwrap_or(if s.requires.contains(&Requirement::ZeroCopyXdp) {
+                KernelSeries::V7
+            } else {
+                KernelSeries::V6_12
+            })
+    }
+
+    fn build_image(&mut self, s: &Scenario, dir: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
         let cache = crate::cache_dir();
-        let kernel = image::kernel(&cache)?;
+        let kernel = image::kernel(&cache, self.series(s))?;
+        self.notes.push(format!("guest kernel {}", kernel.version));
         let mut img = Initramfs::new();
         img.file("init", 0o755, INIT.as_bytes());
         let busybox = image::busybox(&cache)?;
@@ -274,7 +302,8 @@ impl Qemu {
         }
         img.file("o7s/modules.list", 0o644, names.as_bytes());
         for p in &s.payload {
-            img.copy(&p.src, &format!("o7s/bin/{}", p.name), 0o755)?;
+            let src = image::stripped(&p.src, dir)?;
+            img.copy(&src, &format!("o7s/bin/{}", p.name), 0o755)?;
         }
         for h in &s.hosts {
             img.file(
@@ -282,6 +311,14 @@ impl Qemu {
                 0o644,
                 host_script(s, h).as_bytes(),
             );
+        }
+        if !s.diagnostics.is_empty() {
+            let script: String = s
+                .diagnostics
+                .iter()
+                .map(|c| format!("echo \"--- $host: {}\"\n{c}\n", c.replace('"', "'")))
+                .collect();
+            img.file("o7s/diagnose.sh", 0o644, script.as_bytes());
         }
         let initrd = dir.join("initrd.cpio");
         img.write(&initrd)?;
@@ -309,9 +346,23 @@ impl Backend for Qemu {
                 "qemu-system-x86_64 is missing (`cargo xtask vm-test` installs it)".into(),
             ));
         };
+        let series = self.series(s);
+        if s.requires.contains(&Requirement::ZeroCopyXdp) && series != KernelSeries::V7 {
+            return Ok(Verdict::Skip(format!(
+                "AF_XDP zero-copy on virtio-net needs the 7.x guest kernel (this run boots {})",
+                series.label()
+            )));
+        }
         util::sweep_stale();
         let scratch = TempDir::new(util::NS_PREFIX)?;
         let (vmlinuz, initrd) = self.build_image(s, &scratch.0)?;
+        // virtio-net does AF_XDP zero-copy only through the DMA API: a modern-only device that
+        // says it sits behind an IOMMU (there is no vIOMMU, so the mapping is direct).
+        let dma = if series == KernelSeries::V7 {
+            ",iommu_platform=on,disable-legacy=on"
+        } else {
+            ""
+        };
         let logs = crate::cache_dir().join("logs").join(&s.name);
         std::fs::create_dir_all(&logs)?;
 
@@ -358,7 +409,7 @@ impl Backend for Qemu {
                     &format!("tap,id=n{i},ifname={tap},script=no,downscript=no,queues={q}"),
                     "-device",
                     &format!(
-                        "virtio-net-pci,netdev=n{i},mq=on,vectors={},mac={mac},romfile=",
+                        "virtio-net-pci,netdev=n{i},mq=on,vectors={},mac={mac},romfile={dma}",
                         2 * q + 2
                     ),
                 ]);
@@ -432,11 +483,13 @@ impl Qemu {
         steps: usize,
         booting: Instant,
     ) -> Verdict {
-        let deadline = Instant::now() + self.timeout;
+        let mut deadline = Instant::now() + self.timeout;
+        // The first guest's failure, reported once the others have stopped.
+        let mut failure: Option<String> = None;
         let consoles = |guests: &[Guest]| {
             guests
                 .iter()
-                .map(|g| format!("\n  {} console:\n    {}", g.name, g.tail(15)))
+                .map(|g| format!("\n  {} console:\n    {}", g.name, g.tail(40)))
                 .collect::<String>()
         };
         loop {
@@ -448,11 +501,10 @@ impl Qemu {
                 Ok(e) => e,
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Verdict::Fail(format!(
-                        "timed out after {:?}{}",
-                        self.timeout,
-                        consoles(guests)
-                    ));
+                    let why = failure
+                        .take()
+                        .unwrap_or_else(|| format!("timed out after {:?}", self.timeout));
+                    return Verdict::Fail(format!("{why}{}", consoles(guests)));
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Verdict::Fail(format!(
@@ -499,20 +551,20 @@ impl Qemu {
                     // Markers count only at the start of a line (step output is indented).
                     if let Some(rest) = line.strip_prefix("VM-RESULT: ") {
                         guests[h].result = Some(rest.trim().to_string());
-                        if rest.starts_with("fail") {
-                            let why = format!(
-                                "guest {}: {}{}",
-                                guests[h].name,
-                                rest.trim(),
-                                consoles(guests)
-                            );
+                        if rest.starts_with("fail") && failure.is_none() {
+                            failure = Some(format!("guest {}: {}", guests[h].name, rest.trim()));
+                            // The others stop too, and print their logs and diagnostics on
+                            // the way out: wait a little for those.
                             for g in guests.iter_mut().filter(|g| g.result.is_none()) {
                                 g.say("abort");
                             }
-                            return Verdict::Fail(why);
+                            deadline = deadline.min(Instant::now() + ABORT_GRACE);
                         }
                         if guests.iter().all(|g| g.result.is_some()) {
-                            return Verdict::Pass;
+                            return match failure {
+                                Some(why) => Verdict::Fail(format!("{why}{}", consoles(guests))),
+                                None => Verdict::Pass,
+                            };
                         }
                     } else if let Some(n) = line
                         .strip_prefix("VM-SYNC ")

@@ -93,6 +93,9 @@ pub struct Payload {
 pub enum Requirement {
     /// The netem qdisc (`CONFIG_NET_SCH_NETEM`).
     Netem,
+    /// AF_XDP zero-copy on the hosts' NICs: the qemu backend boots its 7.x guest kernel with
+    /// `iommu_platform=on` virtio-net for these; veth has no zero-copy mode.
+    ZeroCopyXdp,
 }
 
 /// A whole scenario.
@@ -109,6 +112,9 @@ pub struct Scenario {
     /// with this reason on every backend.
     pub broken: Option<String>,
     pub requires: Vec<Requirement>,
+    /// Commands every host runs when the scenario fails there, their output shown in the
+    /// failure report (e.g. `irm ipcp stats`).
+    pub diagnostics: Vec<String>,
 }
 
 /// How long a [`Action::Run`] may take unless the scenario says otherwise.
@@ -124,6 +130,7 @@ impl Scenario {
             payload: Vec::new(),
             notes: Vec::new(),
             requires: Vec::new(),
+            diagnostics: Vec::new(),
             broken: None,
         }
     }
@@ -158,6 +165,12 @@ impl Scenario {
 
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.notes.push(note.into());
+        self
+    }
+
+    /// A command every host runs (and shows) when the scenario fails.
+    pub fn diagnose(mut self, cmd: &str) -> Self {
+        self.diagnostics.push(cmd.into());
         self
     }
 

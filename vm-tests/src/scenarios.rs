@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::artifacts;
 use crate::scenario::{Action, Expect, Requirement, Scenario};
+use crate::{artifacts, o7s_eth};
 
 /// Names of all scenarios, in the order `cargo xtask vm-test` runs them. `by_name` also knows
 /// `selftest-fail`, which must fail (it checks that the harness reports failures).
@@ -14,6 +14,12 @@ pub const NAMES: &[&str] = &[
     "three-host-lan",
     "three-host-line",
     "o7s-local-oping",
+    "o7s-eth-ping-perf",
+    "o7s-eth-zerocopy",
+    "o7s-eth-app-crash",
+    "o7s-eth-ipcp-crash",
+    "o7s-eth-link-flap",
+    "o7s-eth-loss",
 ];
 
 /// Whether `by_name` knows this name (without building the scenario's payload).
@@ -30,6 +36,12 @@ pub fn by_name(name: &str) -> Option<Scenario> {
         "three-host-lan" => three_host_lan(),
         "three-host-line" => three_host_line(),
         "o7s-local-oping" => o7s_local_oping(),
+        "o7s-eth-ping-perf" => o7s_eth::ping_perf(),
+        "o7s-eth-zerocopy" => o7s_eth::zero_copy(),
+        "o7s-eth-app-crash" => o7s_eth::app_crash(),
+        "o7s-eth-ipcp-crash" => o7s_eth::ipcp_crash(),
+        "o7s-eth-link-flap" => o7s_eth::link_flap(),
+        "o7s-eth-loss" => o7s_eth::loss(),
         "selftest-fail" => selftest_fail(),
         _ => return None,
     })

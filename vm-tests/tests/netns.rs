@@ -40,6 +40,41 @@ fn three_host_line() {
 }
 
 #[test]
+fn o7s_local_oping() {
+    run("o7s-local-oping");
+}
+
+#[test]
+fn o7s_eth_ping_perf() {
+    run("o7s-eth-ping-perf");
+}
+
+#[test]
+fn o7s_eth_zero_copy() {
+    run("o7s-eth-zerocopy");
+}
+
+#[test]
+fn o7s_eth_app_crash() {
+    run("o7s-eth-app-crash");
+}
+
+#[test]
+fn o7s_eth_ipcp_crash() {
+    run("o7s-eth-ipcp-crash");
+}
+
+#[test]
+fn o7s_eth_link_flap() {
+    run("o7s-eth-link-flap");
+}
+
+#[test]
+fn o7s_eth_loss() {
+    run("o7s-eth-loss");
+}
+
+#[test]
 fn a_failing_step_fails_the_scenario() {
     if !o7s_vm_tests::is_root() {
         eprintln!("skipped: needs root");

@@ -326,6 +326,44 @@ pub fn if_mtu(ifname: &str) -> Result<u32, SysError> {
     Ok(u32::try_from(mtu).unwrap_or(0))
 }
 
+/// `struct ethtool_channels` (linux/ethtool.h).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// How many RX queues `ifname` has in use (`ETHTOOL_GCHANNELS`: combined + rx-only
+/// channels), in the calling thread's network namespace.
+///
+/// # Errors
+/// `ioctl(SIOCETHTOOL)`: `EOPNOTSUPP` for drivers without channel reporting.
+pub fn if_rx_queues(ifname: &str) -> Result<u32, SysError> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(ifname)?;
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..EthtoolChannels::default()
+    };
+    req.ifr_ifru.ifru_data = (&raw mut channels).cast();
+    // SAFETY: `req` names the device and points at a live ethtool_channels, which
+    // ETHTOOL_GCHANNELS fills in; nothing else refers to it during the call.
+    syscall!("ioctl(SIOCETHTOOL, ETHTOOL_GCHANNELS)", unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &raw mut req)
+    })?;
+    Ok(channels.combined_count + channels.rx_count)
+}
+
 /// Waits until `fd` is readable or `timeout` passes; returns whether it is readable.
 ///
 /// # Errors

@@ -46,9 +46,13 @@ enum Task {
     VmTest {
         #[arg(long, value_enum, default_value = "qemu")]
         backend: VmBackend,
-        /// One scenario (default: all of them).
+        /// Scenarios to run, comma-separated (default: all of them).
         #[arg(long)]
         scenario: Option<String>,
+        /// qemu: the guest kernel for every scenario, `6.12` or `7` (default: 6.12, and 7.x
+        /// for the scenarios that need AF_XDP zero-copy).
+        #[arg(long)]
+        kernel: Option<String>,
         /// Echo guest consoles and step output.
         #[arg(long)]
         verbose: bool,
@@ -84,8 +88,9 @@ fn main() -> Result<()> {
         Task::VmTest {
             backend,
             scenario,
+            kernel,
             verbose,
-        } => vm_test(backend, scenario.as_deref(), verbose),
+        } => vm_test(backend, scenario.as_deref(), kernel.as_deref(), verbose),
         Task::Demo(options) => {
             setup::ensure_installed()?;
             // `demo::run` prints its own last line (`demo: ok` / `demo: FAILED ...`).
@@ -109,15 +114,31 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
-fn vm_test(backend: VmBackend, only: Option<&str>, verbose: bool) -> Result<()> {
-    use o7s_vm_tests::{Backend, Verdict, netns::Netns, qemu::Qemu, scenarios};
+fn vm_test(
+    backend: VmBackend,
+    only: Option<&str>,
+    kernel: Option<&str>,
+    verbose: bool,
+) -> Result<()> {
+    use o7s_vm_tests::{
+        Backend, Verdict, image::KernelSeries, netns::Netns, qemu::Qemu, scenarios,
+    };
     let names: Vec<&str> = match only {
-        Some(name) if scenarios::known(name) => vec![name],
-        Some(name) => bail!(
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => scenarios::NAMES.to_vec(),
+    };
+    if let Some(name) = names.iter().find(|n| !scenarios::known(n)) {
+        bail!(
             "unknown scenario {name}; known: {}",
             scenarios::NAMES.join(", ")
+        );
+    }
+    let kernel = match kernel {
+        None => None,
+        Some(k) => Some(
+            KernelSeries::parse(k)
+                .ok_or_else(|| anyhow::anyhow!("--kernel {k:?}: expected 6.12 or 7"))?,
         ),
-        None => scenarios::NAMES.to_vec(),
     };
     let mut backend: Box<dyn Backend> = match backend {
         VmBackend::Netns => Box::new(Netns { verbose }),
@@ -125,6 +146,7 @@ fn vm_test(backend: VmBackend, only: Option<&str>, verbose: bool) -> Result<()> 
             setup::ensure_vm_packages()?;
             let mut qemu = Qemu::default();
             qemu.verbose = verbose;
+            qemu.kernel = kernel;
             Box::new(qemu)
         }
     };

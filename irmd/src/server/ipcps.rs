@@ -42,6 +42,9 @@ use crate::registry::{Ipcp, Refusal, check_name};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an IPCP has to answer a control request (bootstrap, register, query).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an IPCP has to bootstrap: an Ethernet IPCP loads and attaches its XDP program (the
+/// verifier is slow on an emulated CPU) and sets up one AF_XDP socket per queue.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long a destroyed IPCP has to exit after SIGTERM before it gets SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
 /// The environment variable that tells a spawned IPCP the name of the IRMd's shared pool
@@ -498,7 +501,7 @@ pub async fn bootstrap(state: &Arc<State>, r: BootstrapIpcp) -> Result<Response,
             IpcpBootstrap {
                 config: Some(config),
             },
-            CONTROL_TIMEOUT,
+            BOOTSTRAP_TIMEOUT,
         )
         .await?;
     let backend = match &response.kind {

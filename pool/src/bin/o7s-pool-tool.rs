@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! o7s-pool-tool open    POOL                       exit 0 if it opens, 13 on EACCES, 1 otherwise
-//! o7s-pool-tool verify  POOL                       print the verify() report
+//! o7s-pool-tool verify  POOL                       print the verify() report; exit 1 on problems
 //! o7s-pool-tool storm   POOL SEED STOPFILE          random alloc/free/hold until STOPFILE exists
 //! o7s-pool-tool produce POOL RING|- COUNT           write COUNT numbered packets (sizes vary)
 //! o7s-pool-tool consume POOL RING|- COUNT           read and check COUNT numbered packets
@@ -21,10 +21,23 @@ fn main() -> ExitCode {
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     let result = match arg(0) {
         "open" => return open(arg(1)),
-        "verify" => Pool::open(arg(1)).map(|p| {
-            let r = p.verify();
-            println!("{r:?}");
-        }),
+        "verify" => {
+            return match Pool::open(arg(1)) {
+                Ok(p) => {
+                    let r = p.verify();
+                    println!("{r:?}");
+                    if r.is_ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("o7s-pool-tool: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         "storm" => storm(arg(1), num(2), arg(3)),
         "produce" => produce(arg(1), ring_id(arg(2)), num(3)),
         "consume" => consume(arg(1), ring_id(arg(2)), num(3)),

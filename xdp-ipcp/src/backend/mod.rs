@@ -19,7 +19,7 @@ use core::fmt;
 use std::io;
 
 use o7s_pool::{Packet, Pool};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::sys::SysError;
 
@@ -106,7 +106,10 @@ pub struct BackendConfig {
     pub zero_copy: ZeroCopy,
     /// AF_XDP ring sizes.
     pub rings: RingSizes,
-    /// RX queues served by AF_XDP sockets (veth: only queue 0 is active).
+    /// RX queues served by AF_XDP sockets; empty (the default) = every RX queue the device
+    /// has in use (`ETHTOOL_GCHANNELS`; queue 0 alone where the driver does not say). A frame
+    /// that arrives on a queue without a socket cannot be redirected: the program passes it to
+    /// the kernel and counts a failed redirect.
     pub queues: Vec<u32>,
     /// Largest frame (MTU + 14-byte Ethernet header) the AF_PACKET backend receives.
     pub max_frame: usize,
@@ -115,8 +118,8 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
-    /// Defaults for `iface`: auto mode, EtherType 0xA000, rings of 4096, queue 0, 1514-byte
-    /// frames, 8 MiB socket buffers.
+    /// Defaults for `iface`: auto mode, EtherType 0xA000, rings of 4096, every RX queue,
+    /// 1514-byte frames, 8 MiB socket buffers.
     #[must_use]
     pub fn new(iface: &str) -> BackendConfig {
         BackendConfig {
@@ -125,9 +128,21 @@ impl BackendConfig {
             mode: ModeChoice::Auto,
             zero_copy: ZeroCopy::Auto,
             rings: RingSizes::default(),
-            queues: vec![0],
+            queues: Vec::new(),
             max_frame: 1514,
             socket_buffer: 8 << 20,
+        }
+    }
+}
+
+/// Every RX queue `iface` has in use, or queue 0 when the driver does not report channels.
+fn device_queues(iface: &str) -> Vec<u32> {
+    match crate::sys::if_rx_queues(iface) {
+        Ok(n) if n > 0 => (0..n).collect(),
+        Ok(_) => vec![0],
+        Err(e) => {
+            debug!(iface, error = %e, "no channel count from the driver: serving queue 0");
+            vec![0]
         }
     }
 }
@@ -382,6 +397,11 @@ impl<'p> Backend<'p> for AnyBackend<'p> {
 /// # Errors
 /// The chosen mode's error; for `auto`, [`Error::NoBackend`] with the last one.
 pub fn open<'p>(pool: &'p Pool, config: &BackendConfig) -> Result<AnyBackend<'p>, Error> {
+    let mut config = config.clone();
+    if config.queues.is_empty() {
+        config.queues = device_queues(&config.iface);
+    }
+    let config = &config;
     let xdp = |mode| XdpBackend::open(pool, config, mode).map(|b| AnyBackend::Xdp(Box::new(b)));
     let packet = || PacketBackend::open(pool, config).map(AnyBackend::Packet);
     let backend = match config.mode {

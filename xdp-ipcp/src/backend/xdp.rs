@@ -304,7 +304,13 @@ impl<'p> XdpBackend<'p> {
                     } else {
                         None
                     },
-                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP | zc_flags,
+                    // A socket that shares the UMEM may not pass bind flags (the kernel says
+                    // EINVAL): it inherits copy/zero-copy and need_wakeup from the first.
+                    bind_flags: if first {
+                        SocketConfig::XDP_BIND_NEED_WAKEUP | zc_flags
+                    } else {
+                        0
+                    },
                 },
             )
             .map_err(Error::xsk("RX/TX ring setup"))?;

@@ -42,7 +42,7 @@ use o7s_xdp_ipcp::{
 };
 
 /// How long a bootstrap may take (opening the backend, attaching XDP).
-const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(4);
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the handler waits for the loop on a quick command (register, stats).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a query may take: the layer gives up after 2 s.
