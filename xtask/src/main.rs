@@ -185,8 +185,9 @@ fn bench(scenario: BenchScenario) -> Result<()> {
         BenchScenario::Eth => {
             run(cargo().args(["bench", "--locked", "-p", "o7s-xdp-ipcp", "--bench", "eth"]))
         }
+        // A real irmd, ipcpd-local and server process on a temporary run directory (no root).
         BenchScenario::Irmd => {
-            bail!("`cargo xtask bench irmd` is not implemented yet: it needs the IRMd (issue 4)")
+            run(cargo().args(["bench", "--locked", "-p", "o7s-cli", "--bench", "irmd"]))
         }
     }
 }
