@@ -18,9 +18,10 @@
 //! What there is today: flows between processes of this host, direct (handed out by the IRMd
 //! without an IPCP) or through the local IPCP (for names registered in its layer; the flow's
 //! peer is then the IPCP), blocking and non-blocking reads and writes with timeouts, zero-copy
-//! [`Flow::read_packet`] / [`Flow::write_packet`]. Not yet: flows through network IPCPs, FRCT
-//! (ordering, retransmission; `in_order` QoS is carried but not acted on), event sets
-//! (`fqueue`/`fevent`), an async API, per-user pools, encryption, broadcast joins.
+//! [`Flow::read_packet`] / [`Flow::write_packet`], flow sets and event queues ([`fqueue`]:
+//! `fset`/`fqueue`/`fevent`), and an async API on tokio ([`aio`], feature `tokio`). Not yet:
+//! flows through network IPCPs, FRCT (ordering, retransmission; `in_order` QoS is carried but
+//! not acted on), per-user pools, encryption, broadcast joins.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -37,10 +38,14 @@ use o7s_proto::irm::{
 };
 pub use o7s_proto::irm::{ErrorCode, FlowInfo, QosSpec};
 
+#[cfg(feature = "tokio")]
+pub mod aio;
+pub mod fqueue;
 pub mod irm;
 pub mod qos;
 pub mod rundir;
 
+pub use fqueue::{FlowEvent, FlowQueue, FlowSet, FlowSetError};
 pub use irm::ClientError;
 
 /// How long the library waits for the IRMd to answer a request that does not wait for
@@ -112,6 +117,9 @@ pub enum Error {
     /// The shared pool failed otherwise.
     #[error("packet pool: {0}")]
     Pool(o7s_pool::Error),
+    /// A flow set refused ([`fqueue`]).
+    #[error(transparent)]
+    FlowSet(#[from] FlowSetError),
 }
 
 impl Error {

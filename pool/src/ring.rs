@@ -293,12 +293,16 @@ impl Pool {
         Ok(())
     }
 
-    /// Stops `set` watching a ring (nothing if another set, or none, watches it).
-    pub fn ring_unwatch(&self, ring: u32, set: &EventSet) -> Result<()> {
+    /// Stops `set` watching a ring for `key` (nothing if another set, another key, or none
+    /// watches it: the ring may have been reused for another flow since).
+    pub fn ring_unwatch(&self, ring: u32, set: &EventSet, key: u32) -> Result<()> {
         let h = live_header(self, ring)?;
-        let _ = h
-            .watch
-            .compare_exchange(set.token(), 0, Ordering::SeqCst, Ordering::Relaxed);
+        // Only the reader (this process) changes the watch, so key and token agree here.
+        if h.watch_key.load(Ordering::SeqCst) == key {
+            let _ = h
+                .watch
+                .compare_exchange(set.token(), 0, Ordering::SeqCst, Ordering::Relaxed);
+        }
         Ok(())
     }
 

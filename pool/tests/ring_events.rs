@@ -153,7 +153,10 @@ fn unwatched_rings_post_nothing() {
     pool.ring_watch(ring, &set, 5).expect("watch");
     w.try_write(pool.try_alloc(1).expect("alloc"))
         .expect("write");
-    pool.ring_unwatch(ring, &set).expect("unwatch");
+    pool.ring_unwatch(ring, &set, 6)
+        .expect("another key: still watched");
+    assert_eq!(pool.ring_watcher(ring).expect("watcher"), set.token());
+    pool.ring_unwatch(ring, &set, 5).expect("unwatch");
     w.try_write(pool.try_alloc(1).expect("alloc"))
         .expect("write");
     assert_eq!(take(&set), (packets(5, 1), false));
@@ -340,7 +343,7 @@ proptest! {
                     watched = true;
                 }
                 Op::Unwatch => {
-                    pool.ring_unwatch(ring, &set).expect("unwatch");
+                    pool.ring_unwatch(ring, &set, 4).expect("unwatch");
                     watched = false;
                 }
                 Op::Take => {
