@@ -279,3 +279,70 @@ pub fn loss() -> Scenario {
     .step("b", Action::ClearNetem { link: "ab".into() })
     .wait_for("a", "oping -n oping -c 1 -i 10", START)
 }
+
+/// a – b – c with an eth layer per link: b runs two eth-dix IPCPs, one per NIC (layer `ab` on
+/// `eth0`, `bc` on `eth1`) and serves `oping` in both; a and c each ping b over their own
+/// layer. (a reaching c would need a unicast layer on top: eth-dix layers do not forward.)
+pub fn line() -> Scenario {
+    let mut s = Scenario::new("o7s-eth-line")
+        .diagnose("irm ipcp list")
+        .diagnose("irm flow list")
+        .host("a")
+        .host("b")
+        .host("c")
+        .link("ab", &[("a", "10.77.0.1/24"), ("b", "10.77.0.2/24")])
+        .link("bc", &[("b", "10.77.1.1/24"), ("c", "10.77.1.2/24")]);
+    match artifacts::workspace_binaries(BINARIES) {
+        Ok(bins) => {
+            for (name, path) in bins {
+                s = s.payload(&name, path);
+            }
+        }
+        Err(e) => s.broken = Some(e),
+    }
+    let bootstrap = |name: &str, layer: &str, dev: &str| {
+        format!("irm ipcp bootstrap name {name} layer {layer} type eth-dix dev {dev} mode native")
+    };
+    for h in ["a", "b", "c"] {
+        s = s
+            .step(h, spawn("irmd", "exec irmd"))
+            .wait_for(h, "irm ipcp list", START);
+    }
+    s.run("a", &bootstrap("eth-a", "ab", "eth0"), &[])
+        .run("c", &bootstrap("eth-c", "bc", "eth0"), &[])
+        .run("b", &bootstrap("eth-b0", "ab", "eth0"), &[])
+        .run("b", &bootstrap("eth-b1", "bc", "eth1"), &[])
+        .run(
+            "b",
+            "irm name register oping layer ab && irm name register oping layer bc",
+            &[],
+        )
+        .run_expect(
+            "b",
+            "irm ipcp list",
+            vec![
+                Expect::Success,
+                Expect::Contains("eth-b0".into()),
+                Expect::Contains("eth-b1".into()),
+            ],
+        )
+        .step("b", spawn("oping-server", "exec oping -l -n oping"))
+        .wait_for("a", "oping -n oping -c 1 -i 10", START)
+        .wait_for("c", "oping -n oping -c 1 -i 10", START)
+        .run(
+            "a",
+            "oping -n oping -c 10 -i 20",
+            &["10 received", " 0% packet loss"],
+        )
+        .run(
+            "c",
+            "oping -n oping -c 10 -i 20",
+            &["10 received", " 0% packet loss"],
+        )
+        // Each of b's IPCPs carried one side's flows.
+        .run_expect(
+            "b",
+            "irm ipcp stats eth-b0 | grep 'sdus delivered'; irm ipcp stats eth-b1 | grep 'sdus delivered'",
+            vec![Expect::Success, Expect::Lacks("|                    0 |".into())],
+        )
+}

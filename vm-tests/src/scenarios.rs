@@ -20,6 +20,7 @@ pub const NAMES: &[&str] = &[
     "o7s-eth-ipcp-crash",
     "o7s-eth-link-flap",
     "o7s-eth-loss",
+    "o7s-eth-line",
 ];
 
 /// Whether `by_name` knows this name (without building the scenario's payload).
@@ -42,6 +43,7 @@ pub fn by_name(name: &str) -> Option<Scenario> {
         "o7s-eth-ipcp-crash" => o7s_eth::ipcp_crash(),
         "o7s-eth-link-flap" => o7s_eth::link_flap(),
         "o7s-eth-loss" => o7s_eth::loss(),
+        "o7s-eth-line" => o7s_eth::line(),
         "selftest-fail" => selftest_fail(),
         _ => return None,
     })

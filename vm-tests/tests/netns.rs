@@ -75,6 +75,11 @@ fn o7s_eth_loss() {
 }
 
 #[test]
+fn o7s_eth_line() {
+    run("o7s-eth-line");
+}
+
+#[test]
 fn a_failing_step_fails_the_scenario() {
     if !o7s_vm_tests::is_root() {
         eprintln!("skipped: needs root");
