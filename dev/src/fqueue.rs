@@ -395,6 +395,7 @@ impl FlowSet {
     }
 
     /// The pool the set serves (another handle on the flows' pool).
+    #[cfg(feature = "tokio")]
     pub(crate) fn pool(&self) -> &Arc<Pool> {
         &self.shared.pool
     }
@@ -456,6 +457,7 @@ impl FlowQueue {
     }
 
     /// The next event by flow end: `(receive ring, event)` (what the async API dispatches on).
+    #[cfg(feature = "tokio")]
     pub(crate) fn next_by_end(&mut self) -> Option<(u32, FlowEvent)> {
         let e = self.events.get(self.next)?;
         self.next += 1;

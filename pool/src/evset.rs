@@ -31,6 +31,8 @@ const MAGIC: [u8; 8] = *b"O7SEVSET";
 const VERSION: u32 = 2;
 const READY: u32 = 0x5245_4459;
 const HEADER_SIZE: usize = 128;
+/// How long a post tries for a set's lock before flagging the queue overflowed instead.
+const POST_LOCK_PATIENCE: Duration = Duration::from_millis(50);
 const QUEUE_HEADER_SIZE: usize = 64;
 
 /// One event: something happened on `flow` (the key a reader gave its ring, or any number a
@@ -359,8 +361,12 @@ impl EventSet {
             return Ok(Notified::Queued);
         }
         let q = self.queue(queue);
-        let outcome = {
-            let _g = self.lock();
+        let outcome = 'locked: {
+            let Some(_g) = self.lock_for_post() else {
+                // The lock stayed taken (its holder stopped or stuck): say so rather than wait.
+                q.overflowed.store(1, Ordering::SeqCst);
+                break 'locked Notified::Overflowed;
+            };
             let n = q.count.load(Ordering::Relaxed).min(self.cfg.capacity);
             let fit = times.min(self.cfg.capacity - n);
             // Entries first, count second: a crash in between loses nothing already queued.
@@ -502,6 +508,35 @@ impl EventSet {
         }
     }
 
+    /// The lock for a post, if it can be had within [`POST_LOCK_PATIENCE`]: a post must not
+    /// hang on a process that holds the lock and stopped (the IRMd posts too, when it takes a
+    /// flow down). Holders keep it for a few stores, so this nearly always succeeds at once.
+    fn lock_for_post(&self) -> Option<Guard> {
+        // SAFETY: the mutex lives in the header of a live mapping and was initialised.
+        let m = unsafe { std::ptr::addr_of_mut!((*self.header_ptr()).mutex) };
+        let start = Instant::now();
+        for attempt in 0u32.. {
+            // SAFETY: as above.
+            match unsafe { sys::robust_mutex_trylock(m) } {
+                Ok(Some(LockOutcome::Locked)) => return Some(Guard(Some(m))),
+                Ok(Some(LockOutcome::OwnerDied)) => {
+                    self.repair();
+                    // SAFETY: locked after EOWNERDEAD, data repaired.
+                    unsafe { sys::robust_mutex_consistent(m) };
+                    return Some(Guard(Some(m)));
+                }
+                Ok(None) if start.elapsed() < POST_LOCK_PATIENCE => {}
+                Ok(None) | Err(_) => return None,
+            }
+            match attempt {
+                0..100 => std::hint::spin_loop(),
+                100..1000 => std::thread::yield_now(),
+                _ => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        None
+    }
+
     fn repair(&self) {
         for queue in 0..self.cfg.queues {
             let q = self.queue(queue);
@@ -517,6 +552,13 @@ impl EventSet {
                 slot.store(0, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Test hook: holds the set's lock for `time` (as a stopped process inside a post would).
+    #[doc(hidden)]
+    pub fn debug_hold_lock(&self, time: Duration) {
+        let _g = self.lock();
+        std::thread::sleep(time);
     }
 
     /// Removes a set's name.

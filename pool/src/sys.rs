@@ -334,6 +334,22 @@ pub unsafe fn robust_mutex_lock(m: *mut libc::pthread_mutex_t) -> io::Result<Loc
     }
 }
 
+/// As [`robust_mutex_lock`] without waiting: `Ok(None)` while another thread holds it.
+///
+/// # Safety
+/// As for [`robust_mutex_lock`].
+pub unsafe fn robust_mutex_trylock(
+    m: *mut libc::pthread_mutex_t,
+) -> io::Result<Option<LockOutcome>> {
+    // SAFETY: guaranteed by the caller.
+    match unsafe { libc::pthread_mutex_trylock(m) } {
+        0 => Ok(Some(LockOutcome::Locked)),
+        libc::EOWNERDEAD => Ok(Some(LockOutcome::OwnerDied)),
+        libc::EBUSY => Ok(None),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
 /// # Safety
 /// `m` must be locked by this thread after an `OwnerDied` outcome.
 pub unsafe fn robust_mutex_consistent(m: *mut libc::pthread_mutex_t) {

@@ -280,6 +280,41 @@ fn a_set_the_ring_names_but_that_is_gone_costs_nothing_and_loses_nothing_live() 
     assert_verified(&pool);
 }
 
+#[test]
+fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
+    let (_n, pool) = create("ev-stuck", &PoolConfig::small());
+    let set = EventSet::create_for(&pool, cfg(8)).expect("set");
+    set.add(0, 2).expect("add");
+    let ring = pool.ring_create(me(), me()).expect("ring");
+    pool.ring_watch(ring, &set, 2).expect("watch");
+    let w = pool.ring_writer(ring).expect("writer");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tx.send(()).expect("send");
+            set.debug_hold_lock(Duration::from_secs(2));
+        });
+        rx.recv().expect("holder started");
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        w.try_write(pool.try_alloc(1).expect("alloc"))
+            .expect("the write itself succeeds");
+        assert_eq!(
+            set.notify(2, Event::PACKET).expect("notify"),
+            o7s_pool::Notified::Overflowed
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "posts gave up after {:?}",
+            t.elapsed()
+        );
+    });
+    // Once free again: nothing was stored, and the queue says events were lost.
+    assert_eq!(take(&set), (vec![], true));
+    pool.ring_destroy(ring).expect("destroy");
+    assert_verified(&pool);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Write(u32),
