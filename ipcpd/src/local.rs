@@ -8,6 +8,10 @@
 //! reference's local IPCP does the same with its two fds). When either side's rings go down
 //! (a deallocation or a death), the IPCP deallocates both of its ends, so the other
 //! application reads what was queued and then `FlowDown`.
+//!
+//! The IRMds' OAP headers pass through untouched: the allocating side's request goes into
+//! `FlowReqArrived`, the accepting side's response (in its answer) back as the answer to
+//! `IpcpFlowAlloc`. The layer adds no SDU limit of its own (the pool's blocks are the limit).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +20,8 @@ use std::time::Duration;
 
 use o7s_pool::Pool;
 use o7s_proto::irm::{
-    ErrorCode, FlowDealloc, FlowReqArrived, IpcpFlowAlloc, RequestKind, Response, ResponseKind,
+    ErrorCode, FlowDealloc, FlowReqArrived, IpcpFlowAlloc, IpcpFlowReply, RequestKind, Response,
+    ResponseKind,
 };
 
 use crate::runtime::{Error, Handler, Irm, RelayEnd, relay};
@@ -110,6 +115,8 @@ impl Local {
                 hash: r.hash.clone(),
                 qos: r.qos.clone(),
                 timeout_ms: r.timeout_ms,
+                piggyback: r.piggyback.clone(),
+                max_sdu: None,
             },
             timeout + ANSWER_MARGIN,
         );
@@ -168,7 +175,11 @@ impl Local {
             "ipcpd-local: flow {} (pid {}) joined to flow {} (pid {})",
             r.flow_id, r.n_pid, info.flow_id, info.n_1_pid
         );
-        Response::ok()
+        ResponseKind::IpcpFlow(IpcpFlowReply {
+            piggyback: info.piggyback,
+            max_sdu: None,
+        })
+        .into()
     }
 
     /// Ends a joint once: both relays stop and both of the IPCP's flow ends are deallocated.
@@ -236,9 +247,19 @@ impl Handler for LocalHandler {
             }
             RequestKind::IpcpFlowAlloc(r) => local.flow_alloc(irm, r),
             RequestKind::IpcpFlowDealloc(r) => {
-                let joint = lock(&local.state).joints.get(&r.flow_id).cloned();
+                // Either of the joined flows: the allocating application's or the accepting
+                // one's.
+                let joint = lock(&local.state)
+                    .joints
+                    .values()
+                    .find(|j| j.app == r.flow_id || j.peer == r.flow_id)
+                    .cloned();
                 if let Some(joint) = joint {
-                    local.tear_down(irm, &joint, &RelayEnd::Stopped);
+                    local.tear_down(
+                        irm,
+                        &joint,
+                        &RelayEnd::Flow(format!("the irmd ended flow {}", r.flow_id)),
+                    );
                 }
                 Response::ok()
             }

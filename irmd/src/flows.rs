@@ -68,6 +68,9 @@ pub struct Flow {
     pub a2b: u32,
     /// Ring written by the accepting end, read by the allocating end.
     pub b2a: u32,
+    /// The largest SDU the flow carries, as the IPCP at one end reported it (`None`: no limit
+    /// but the pool's).
+    pub max_sdu: Option<u32>,
 }
 
 impl Flow {
@@ -87,7 +90,25 @@ impl Flow {
             accept: End::active(accept),
             a2b,
             b2a,
+            max_sdu: None,
         }
+    }
+
+    /// The end on `side`.
+    pub fn end(&self, side: Side) -> &End {
+        match side {
+            Side::Alloc => &self.alloc,
+            Side::Accept => &self.accept,
+        }
+    }
+
+    /// The ends other than process `pid`'s that are still active (both ends, if `pid` is at
+    /// neither; none, if it is at both).
+    pub fn active_peers_of(&self, pid: u32) -> impl Iterator<Item = (Side, &End)> {
+        [Side::Alloc, Side::Accept]
+            .into_iter()
+            .map(|side| (side, self.end(side)))
+            .filter(move |(_, end)| end.pid != pid && end.is_active())
     }
 
     fn end_mut(&mut self, side: Side) -> &mut End {
@@ -120,6 +141,8 @@ impl Flow {
             name: self.name.clone(),
             n_state: me.state.into(),
             n_1_state: peer.state.into(),
+            max_sdu: self.max_sdu,
+            piggyback: Vec::new(),
         }
     }
 }
@@ -148,6 +171,8 @@ pub struct AllocWait {
     pub dst: String,
     /// The QoS asked for.
     pub qos: QosSpec,
+    /// The largest SDU the allocating side carries (an IPCP relaying a flow request).
+    pub max_sdu: Option<u32>,
     /// The connection it came on.
     pub conn: u64,
 }
@@ -187,14 +212,22 @@ impl FlowTable {
         token
     }
 
-    /// Queues an allocation; returns its token.
-    pub fn wait_alloc(&mut self, pid: u32, dst: &str, qos: QosSpec, conn: u64) -> u64 {
+    /// Queues an allocation (`max_sdu`: the allocating side's limit); returns its token.
+    pub fn wait_alloc(
+        &mut self,
+        pid: u32,
+        dst: &str,
+        qos: QosSpec,
+        max_sdu: Option<u32>,
+        conn: u64,
+    ) -> u64 {
         let token = self.token();
         self.allocs.push(AllocWait {
             token,
             pid,
             dst: dst.to_owned(),
             qos,
+            max_sdu,
             conn,
         });
         token
@@ -299,6 +332,14 @@ impl FlowTable {
     /// The flow of that id.
     pub fn get(&self, id: u32) -> Option<&Flow> {
         self.flows.get(&id)
+    }
+
+    /// Records the largest SDU of flow `id` (its IPCP said so once the allocation succeeded).
+    /// Returns the flow as it is now.
+    pub fn set_max_sdu(&mut self, id: u32, max_sdu: Option<u32>) -> Option<&Flow> {
+        let f = self.flows.get_mut(&id)?;
+        f.max_sdu = max_sdu;
+        Some(f)
     }
 
     /// Forgets a flow (its rings are the caller's to destroy).
@@ -428,11 +469,12 @@ mod test {
     #[test]
     fn allocations_wait_in_order_and_are_cancelled_by_pid_or_connection() {
         let mut t = FlowTable::new();
-        let a = t.wait_alloc(1, "x", QosSpec::default(), 7);
-        let b = t.wait_alloc(2, "y", QosSpec::default(), 8);
-        let c = t.wait_alloc(3, "y", QosSpec::default(), 9);
+        let a = t.wait_alloc(1, "x", QosSpec::default(), None, 7);
+        let b = t.wait_alloc(2, "y", QosSpec::default(), Some(1496), 8);
+        let c = t.wait_alloc(3, "y", QosSpec::default(), None, 9);
         assert!(t.take_alloc(Some("z"), |_| true).is_none());
-        assert_eq!(t.take_alloc(None, |n| n == "y").unwrap().token, b);
+        let taken = t.take_alloc(None, |n| n == "y").unwrap();
+        assert_eq!((taken.token, taken.max_sdu), (b, Some(1496)));
         assert_eq!(t.cancel_conn(9), [c]);
         assert_eq!(t.cancel_pid(1), [a]);
         assert!(!t.cancel(a), "already gone");
@@ -469,5 +511,29 @@ mod test {
         let info = t.get(a).unwrap().info_for(Side::Accept, "pool");
         assert_eq!((info.n_pid, info.n_1_pid), (2, 1));
         assert_eq!((info.tx_ring, info.rx_ring), (a * 2 + 1, a * 2));
+        assert_eq!(info.max_sdu, None);
+        t.set_max_sdu(a, Some(1496));
+        let f = t.get(a).unwrap();
+        for side in [Side::Alloc, Side::Accept] {
+            assert_eq!(f.info_for(side, "pool").max_sdu, Some(1496));
+        }
+    }
+
+    #[test]
+    fn active_peers_are_the_other_active_ends() {
+        let mut t = FlowTable::new();
+        let f = flow(&mut t, 1, 2);
+        let peers = |t: &FlowTable, pid| -> Vec<(Side, u32)> {
+            t.get(f)
+                .unwrap()
+                .active_peers_of(pid)
+                .map(|(s, e)| (s, e.pid))
+                .collect()
+        };
+        assert_eq!(peers(&t, 1), [(Side::Accept, 2)]);
+        assert_eq!(peers(&t, 2), [(Side::Alloc, 1)]);
+        assert!(t.end(f, Side::Accept, EndState::Deallocated).is_none());
+        assert!(peers(&t, 1).is_empty(), "the other end is done");
+        assert_eq!(peers(&t, 2), [(Side::Alloc, 1)]);
     }
 }

@@ -10,6 +10,8 @@
 //! * [`config`]: reads and checks `irmd.conf` (`irmd --config`); `server`'s `boot` module
 //!   applies its IPCP tables, `autostart` starts the programs bound with arguments.
 //! * [`flows`]: the flow table and the accepts and allocations waiting for each other.
+//! * [`oap`]: the OAP flow allocation handshake (request, freshness and replay checks,
+//!   response), without cryptography yet.
 //!
 //! Clients talk to it with `o7s::irm::Client` (the application library's blocking client).
 //!
@@ -17,13 +19,15 @@
 //! registered in them are hashed (SHA3) and forwarded. A flow to a name registered in an
 //! operational IPCP goes through that IPCP; any other name gets a *direct local flow* (both ends
 //! on this host, two rings in the shared pool, no IPCP). See `server`'s `ipcps` module. Not
-//! implemented yet: other IPCP types, enrollment, per-user pools, OAP.
+//! implemented yet: other IPCP types, enrollment, per-user pools, OAP's
+//! cryptography (authentication, key exchange, encryption).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod flows;
 pub mod lock;
+pub mod oap;
 pub mod registry;
 pub mod server;
 

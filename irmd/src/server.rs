@@ -151,6 +151,8 @@ struct State {
     /// exists exactly while the flow table lists the request as waiting or a matcher is about
     /// to answer it.
     waiters: Mutex<HashMap<u64, Waiter>>,
+    /// OAP requests accepted lately (the replay check of flow requests from IPCPs).
+    oap: Mutex<crate::oap::Server>,
     /// Numbers the connections, so a closed one's waiting requests can be withdrawn.
     next_conn: AtomicU64,
     /// The run directory (spawned IPCPs are told it).
@@ -188,6 +190,13 @@ impl State {
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waiter>> {
         self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The OAP server's replay list; locked alone.
+    fn oap(&self) -> MutexGuard<'_, crate::oap::Server> {
+        self.oap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -281,6 +290,7 @@ impl Irmd {
                 pool,
                 watchers: Mutex::new(HashMap::new()),
                 waiters: Mutex::new(HashMap::new()),
+                oap: Mutex::new(crate::oap::Server::new()),
                 next_conn: AtomicU64::new(1),
                 rundir,
                 procs: Mutex::new(HashMap::new()),
@@ -730,14 +740,16 @@ fn cancel_waits(state: &State, select: impl FnOnce(&mut crate::flows::FlowTable)
     }
 }
 
-/// Sets a flow up between an allocating and an accepting process: an id and two rings. Call
-/// with the registry locked (the caller took both requests out of the waiting lists).
+/// Sets a flow up between an allocating and an accepting process: an id and two rings
+/// (`max_sdu`: the limit an IPCP at one end reported, if known yet). Call with the registry
+/// locked (the caller took both requests out of the waiting lists).
 fn create_flow(
     state: &State,
     reg: &mut crate::registry::Registry,
     (alloc, accept): (u32, u32),
     name: &str,
     qos: QosSpec,
+    max_sdu: Option<u32>,
 ) -> Result<Flow, Refusal> {
     let busy = |what: String| Refusal::new(ErrorCode::Busy, what);
     let id = reg
@@ -755,7 +767,8 @@ fn create_flow(
             return Err(busy(format!("cannot create a flow ring: {e}")));
         }
     };
-    let flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a));
+    let mut flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a));
+    flow.max_sdu = max_sdu;
     reg.flows.insert(flow.clone());
     info!(flow = id, name, alloc, accept, a2b, b2a, "flow allocated");
     Ok(flow)
@@ -864,18 +877,19 @@ async fn flow_alloc(
             other => return other,
         }
     }
-    alloc_direct(state, pid, conn, &r.dst, qos, timeout).await
+    alloc_direct(state, pid, conn, &r.dst, qos, None, timeout).await
 }
 
 /// A direct local flow from `pid` to the process accepting `dst`, now or once one accepts
 /// (up to `timeout`). Applications get these for names registered in no IPCP; an IPCP gets one
-/// for a flow request that arrived through its layer.
+/// for a flow request that arrived through its layer (with the largest SDU it carries).
 async fn alloc_direct(
     state: &Arc<State>,
     pid: u32,
     conn: u64,
     dst: &str,
     qos: QosSpec,
+    max_sdu: Option<u32>,
     timeout: Duration,
 ) -> Result<Response, Refusal> {
     let r = FlowAlloc {
@@ -900,12 +914,20 @@ async fn alloc_direct(
             }
             match reg.take_acceptor(&r.dst) {
                 Some(acceptor) => {
-                    let flow =
-                        create_flow(state, &mut reg, (pid, acceptor.pid), &r.dst, qos.clone());
+                    let flow = create_flow(
+                        state,
+                        &mut reg,
+                        (pid, acceptor.pid),
+                        &r.dst,
+                        qos.clone(),
+                        max_sdu,
+                    );
                     (Some((acceptor, flow)), 0, None)
                 }
                 None => {
-                    let token = reg.flows.wait_alloc(pid, &r.dst, qos.clone(), conn);
+                    let token = reg
+                        .flows
+                        .wait_alloc(pid, &r.dst, qos.clone(), max_sdu, conn);
                     let (tx, rx) = oneshot::channel();
                     state.waiters().insert(token, tx);
                     (None, token, Some(rx))
@@ -989,6 +1011,7 @@ async fn flow_accept(
                         (alloc.pid, pid),
                         &alloc.dst,
                         alloc.qos.clone(),
+                        alloc.max_sdu,
                     );
                     (Some((alloc, flow)), 0, None)
                 }
@@ -1031,10 +1054,11 @@ async fn flow_accept(
 }
 
 /// `FlowDealloc` from one end: both rings go down (the other end drains, then reads
-/// FLOW_DOWN); the rings are destroyed once the other end is done too.
+/// FLOW_DOWN); the rings are destroyed once the other end is done too. An IPCP at the other
+/// end is told (`IpcpFlowDealloc`), so it frees its state for the flow and deallocates its end.
 fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refusal> {
     let pid = caller_pid(peer)?;
-    let finished = {
+    let (finished, peers) = {
         let mut reg = state.registry();
         let Some(flow) = reg.flows.get(id) else {
             return Err(Refusal::new(ErrorCode::NotFound, format!("no flow {id}")));
@@ -1056,9 +1080,14 @@ fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refus
                 .pool
                 .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
         }
-        reg.flows.end(id, side, EndState::Deallocated)
+        let finished = reg.flows.end(id, side, EndState::Deallocated);
+        let peers: Vec<u32> = reg.flows.get(id).map_or_else(Vec::new, |f| {
+            f.active_peers_of(pid).map(|(_, end)| end.pid).collect()
+        });
+        (finished, peers)
     };
     info!(flow = id, pid, "flow deallocated by one end");
+    ipcps::tell_dealloc(state, peers.into_iter().map(|p| (id, p)));
     if let Some(flow) = finished {
         destroy_rings(state, &flow);
     }
@@ -1081,6 +1110,13 @@ fn end_process(state: &State, pid: u32, how: EndState) {
     for flow in &touched {
         info!(flow = flow.id, pid, state = ?how, "flow end gone with its process");
     }
+    // IPCPs at the other ends free their state for these flows.
+    ipcps::tell_dealloc(
+        state,
+        touched
+            .iter()
+            .flat_map(|f| f.active_peers_of(pid).map(|(_, end)| (f.id, end.pid))),
+    );
     for flow in &finished {
         destroy_rings(state, flow);
     }

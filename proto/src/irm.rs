@@ -133,6 +133,9 @@ pub enum ErrorCode {
     Busy = 8,
     /// The IRMd failed internally; the message says how.
     Internal = 9,
+    /// Authentication failed (the reference's `EAUTH`): a flow allocation's OAP header was
+    /// malformed, stale, replayed, or its response did not match the request.
+    Auth = 10,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -530,6 +533,23 @@ pub struct IpcpFlowAlloc {
     /// Give up after this many ms.
     #[prost(uint32, tag = "8")]
     pub timeout_ms: u32,
+    /// The allocating IRMd's OAP request header ([`crate::oap`]), carried opaquely through
+    /// the layer to the accepting IRMd (in eth-dix: the body of the FLOW_REQ after the hash).
+    #[prost(bytes = "vec", tag = "9")]
+    pub piggyback: Vec<u8>,
+}
+
+/// IPCP → IRMd: the successful answer to [`IpcpFlowAlloc`] (an IPCP may also answer
+/// [`OkReply`], which means an empty piggyback and no SDU limit of its own).
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct IpcpFlowReply {
+    /// The accepting IRMd's OAP response header, as the layer carried it back.
+    #[prost(bytes = "vec", tag = "1")]
+    pub piggyback: Vec<u8>,
+    /// The largest SDU the IPCP carries on this flow (eth-dix: MTU − 4); absent: no limit of
+    /// its own (only the pool's block size).
+    #[prost(uint32, optional, tag = "2")]
+    pub max_sdu: Option<u32>,
 }
 
 /// IRMd → IPCP: the application end of flow `flow_id` deallocated it or died; the IPCP
@@ -542,9 +562,10 @@ pub struct IpcpFlowDealloc {
 }
 
 /// IPCP → IRMd: a flow request for a hash registered here arrived through the layer. The
-/// IRMd finds the name, waits for a process accepting it (up to `timeout_ms`) and answers
-/// with the new flow between the IPCP (the allocating end) and that process, as
-/// [`ResponseKind::Flow`]; that answer is the accepting side's response (the reference's
+/// IRMd checks the OAP request (`piggyback`), finds the name, waits for a process accepting
+/// it (up to `timeout_ms`) and answers with the new flow between the IPCP (the allocating end)
+/// and that process, as [`ResponseKind::Flow`] whose `piggyback` is the OAP response to send
+/// back through the layer; that answer is the accepting side's response (the reference's
 /// `IPCP_FLOW_ALLOC_RESP`).
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct FlowReqArrived {
@@ -557,6 +578,12 @@ pub struct FlowReqArrived {
     /// Give up after this many ms (0: the IRMd's default).
     #[prost(uint32, tag = "3")]
     pub timeout_ms: u32,
+    /// The allocating IRMd's OAP request header, as the layer carried it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub piggyback: Vec<u8>,
+    /// The largest SDU the IPCP carries on this flow; absent: no limit of its own.
+    #[prost(uint32, optional, tag = "5")]
+    pub max_sdu: Option<u32>,
 }
 
 /// Defines the request oneof, `From` impls into [`Request`], and the variant names.
@@ -827,6 +854,15 @@ pub struct FlowInfo {
     /// State of the `n_1_pid` end.
     #[prost(enumeration = "EndState", tag = "11")]
     pub n_1_state: i32,
+    /// The largest SDU the flow carries, as its IPCP reported it (eth-dix: MTU − 4); absent:
+    /// no limit but the pool's largest block (direct flows, the local IPCP). The application
+    /// library refuses larger writes.
+    #[prost(uint32, optional, tag = "12")]
+    pub max_sdu: Option<u32>,
+    /// IRMd → IPCP only, in the answer to [`FlowReqArrived`]: the OAP response header for the
+    /// layer to carry back to the allocating IRMd. Empty everywhere else.
+    #[prost(bytes = "vec", tag = "13")]
+    pub piggyback: Vec<u8>,
 }
 
 /// Where one end of a flow is.
@@ -906,13 +942,16 @@ pub enum ResponseKind {
     /// Answer to [`CreateIpcp`].
     #[prost(message, tag = "10")]
     Ipcp(IpcpInfo),
+    /// An IPCP's answer to [`IpcpFlowAlloc`].
+    #[prost(message, tag = "11")]
+    IpcpFlow(IpcpFlowReply),
 }
 
 /// A response from the IRMd.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct Response {
     /// The answer.
-    #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub kind: Option<ResponseKind>,
 }
 

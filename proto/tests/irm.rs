@@ -137,6 +137,7 @@ fn samples() -> Vec<Request> {
             tx_ring: 3,
             rx_ring: 4,
             timeout_ms: 20_000,
+            piggyback: vec![0x88; 36],
         }
         .into(),
         IpcpFlowDealloc { flow_id: 9 }.into(),
@@ -144,6 +145,8 @@ fn samples() -> Vec<Request> {
             hash: vec![0xcd; 32],
             qos: None,
             timeout_ms: 1000,
+            piggyback: vec![0x88; 36],
+            max_sdu: Some(1496),
         }
         .into(),
     ]
@@ -269,8 +272,16 @@ fn responses_round_trip() {
             name: "oping".into(),
             n_state: EndState::Active.into(),
             n_1_state: EndState::Dead.into(),
+            max_sdu: Some(1496),
+            piggyback: vec![1; 84],
         })
         .into(),
+        ResponseKind::IpcpFlow(IpcpFlowReply {
+            piggyback: vec![2; 84],
+            max_sdu: None,
+        })
+        .into(),
+        Response::error(ErrorCode::Auth, "stale OAP header"),
     ];
     let envelopes: Vec<Envelope> = responses
         .into_iter()

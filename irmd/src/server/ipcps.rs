@@ -13,6 +13,19 @@
 //! this host goes through an IPCP: the IPCPs the name is registered in are queried in the
 //! reference's order (type, then pid) and the first that answers gets the allocation. A name
 //! registered in no IPCP gets a direct local flow, as before.
+//!
+//! **OAP.** A flow through an IPCP carries the IRMds' OAP handshake ([`crate::oap`]) as its
+//! piggyback: this IRMd's request in `IpcpFlowAlloc`, checked by the accepting IRMd when the
+//! request arrives (`FlowReqArrived`), whose response comes back in the IPCP's answer and is
+//! checked here. A failed check refuses the flow (`Auth`, or `NotSupported` for cryptography).
+//!
+//! **Max SDU.** The IPCP says how large an SDU the flow carries (its answer to
+//! `IpcpFlowAlloc`, and `FlowReqArrived`); the flow's info tells the applications, whose
+//! library refuses larger writes.
+//!
+//! **Deallocation.** When the application end of a flow through an IPCP is done (deallocated,
+//! said goodbye or died), the IPCP is told (`IpcpFlowDealloc`) so it frees the flow's state
+//! and deallocates its own end; the rings go once both ends are done.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,10 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, Envelope, ErrorCode, FlowReqArrived, HashAlgo, IpcpBootstrap,
-    IpcpFlowAlloc, IpcpHello, IpcpInfo, IpcpQuery, IpcpRegister, IpcpSelector, IpcpState,
-    IpcpStats, IpcpType, IpcpUnregister, ProcessAnnounce, QosSpec, RegisterTarget, Request,
-    Response, ResponseKind,
+    BootstrapIpcp, CreateIpcp, EndState, Envelope, ErrorCode, FlowReqArrived, HashAlgo,
+    IpcpBootstrap, IpcpFlowAlloc, IpcpFlowDealloc, IpcpFlowReply, IpcpHello, IpcpInfo, IpcpQuery,
+    IpcpRegister, IpcpSelector, IpcpState, IpcpStats, IpcpType, IpcpUnregister, ProcessAnnounce,
+    QosSpec, RegisterTarget, Request, Response, ResponseKind,
 };
 use sha3::Digest as _;
 use tokio::net::unix::UCred;
@@ -36,6 +49,7 @@ use super::{
     undo_flow,
 };
 use crate::flows::Side;
+use crate::oap::{ClientRequest, id_hex};
 use crate::registry::{Ipcp, Refusal, check_name};
 
 /// How long a spawned IPCP has to say hello.
@@ -605,11 +619,13 @@ pub async fn flow_alloc(
     let flow = {
         let mut reg = state.registry();
         check_announced(&reg, pid)?;
-        create_flow(state, &mut reg, (pid, ipcp_pid), dst, qos.clone())?
+        create_flow(state, &mut reg, (pid, ipcp_pid), dst, qos.clone(), None)?
     };
     let pool = state.pool.name().to_owned();
     let theirs = flow.info_for(Side::Accept, &pool);
-    info!(flow = flow.id, dst, ipcp = %ipcp, "allocating through the IPCP");
+    let oap = ClientRequest::new(rand::random(), now_ns());
+    let oap_id = id_hex(oap.id());
+    info!(flow = flow.id, dst, ipcp = %ipcp, oap = %oap_id, "allocating through the IPCP");
     let request = IpcpFlowAlloc {
         flow_id: flow.id,
         hash,
@@ -619,21 +635,47 @@ pub async fn flow_alloc(
         tx_ring: theirs.tx_ring,
         rx_ring: theirs.rx_ring,
         timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        piggyback: oap.bytes().to_vec(),
     };
     let answer = link.call(request, timeout + ALLOC_MARGIN).await;
-    match answer {
-        Ok(r) if r.is_ok() => Ok(ResponseKind::Flow(flow.info_for(Side::Alloc, &pool)).into()),
-        Ok(r) => {
+    let reply = match answer.map(|r| r.kind) {
+        Ok(Some(ResponseKind::IpcpFlow(reply))) => reply,
+        // An IPCP that carries no piggyback: the check below refuses the flow.
+        Ok(Some(ResponseKind::Ok(_))) => IpcpFlowReply::default(),
+        Ok(kind) => {
             undo_flow(state, flow.id);
-            Err(refusal_from(
+            return Err(refusal_from(
                 &format!("IPCP {ipcp:?} could not allocate a flow to {dst:?}"),
-                &r,
-            ))
+                &Response { kind },
+            ));
         }
         Err(e) => {
             undo_flow(state, flow.id);
-            Err(e)
+            return Err(e);
         }
+    };
+    if let Err(e) = oap.complete(&reply.piggyback) {
+        warn!(flow = flow.id, dst, ipcp = %ipcp, oap = %oap_id, "flow refused: {e}");
+        abandon_flow(state, flow.id, pid, ipcp_pid);
+        return Err(Refusal::new(
+            e.code(),
+            format!("the flow to {dst:?} through IPCP {ipcp:?} is refused: {e}"),
+        ));
+    }
+    let info = state
+        .registry()
+        .flows
+        .set_max_sdu(flow.id, reply.max_sdu)
+        .map(|f| f.info_for(Side::Alloc, &pool));
+    match info {
+        Some(info) => {
+            info!(flow = flow.id, dst, ipcp = %ipcp, oap = %oap_id, max_sdu = ?reply.max_sdu, "flow allocated through the IPCP");
+            Ok(ResponseKind::Flow(info).into())
+        }
+        None => Err(Refusal::new(
+            ErrorCode::Internal,
+            format!("flow {} vanished while it was being allocated", flow.id),
+        )),
     }
 }
 
@@ -675,7 +717,79 @@ pub async fn flow_req_arrived(
     } else {
         Duration::from_millis(r.timeout_ms.into())
     };
-    alloc_direct(state, pid, conn, &name, r.qos.unwrap_or_default(), timeout).await
+    let checked = state.oap().check(&r.piggyback, now_ns());
+    let accepted = checked.map_err(|e| {
+        warn!(name = %name, ipcp = pid, "flow request refused: {e}");
+        Refusal::new(e.code(), format!("flow request for {name:?} refused: {e}"))
+    })?;
+    debug!(name = %name, ipcp = pid, oap = %id_hex(accepted.id()), "OAP request accepted");
+    let qos = r.qos.unwrap_or_default();
+    let mut response = alloc_direct(state, pid, conn, &name, qos, r.max_sdu, timeout).await?;
+    if let Some(ResponseKind::Flow(info)) = &mut response.kind {
+        info.piggyback = accepted.response(now_ns());
+    }
+    Ok(response)
+}
+
+/// The time as OAP headers carry it: CLOCK_REALTIME in ns since the Unix epoch.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Tells the IPCPs among `(flow id, pid)` that the other end of their flow is done
+/// (`IpcpFlowDealloc`): each frees its state for the flow and deallocates its own end. Pids
+/// that are not IPCPs with a control connection are skipped. Does not wait for the answers.
+pub fn tell_dealloc(state: &State, ends: impl IntoIterator<Item = (u32, u32)>) {
+    for (flow_id, pid) in ends {
+        let link = state.procs().get(&pid).and_then(|p| p.link.clone());
+        let Some(link) = link else {
+            continue;
+        };
+        tokio::spawn(async move {
+            match link
+                .call(IpcpFlowDealloc { flow_id }, CONTROL_TIMEOUT)
+                .await
+            {
+                Ok(r) if r.is_ok() => {
+                    info!(flow = flow_id, ipcp = pid, "IPCP deallocated its flow");
+                }
+                Ok(r) => warn!(
+                    flow = flow_id,
+                    ipcp = pid,
+                    "IPCP refused to deallocate the flow: {:?}",
+                    r.as_error()
+                ),
+                Err(e) => warn!(flow = flow_id, ipcp = pid, "IPCP flow dealloc: {e}"),
+            }
+        });
+    }
+}
+
+/// Gives up on a flow the IPCP allocated in its layer but that this IRMd refuses (its OAP
+/// response failed the check): the application's end is marked deallocated without it ever
+/// hearing of the flow, and the IPCP is told, so it frees the flow and deallocates its end,
+/// which destroys the rings.
+fn abandon_flow(state: &State, flow_id: u32, app: u32, ipcp: u32) {
+    let rings = {
+        let mut reg = state.registry();
+        let rings = reg.flows.get(flow_id).map(|f| [f.a2b, f.b2a]);
+        if let Some(rings) = rings {
+            for ring in rings {
+                let _ = state
+                    .pool
+                    .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
+            }
+        }
+        reg.flows.end(flow_id, Side::Alloc, EndState::Deallocated)
+    };
+    debug!(flow = flow_id, app, "flow abandoned by the IRMd");
+    match rings {
+        // The IPCP's end was gone already.
+        Some(flow) => super::destroy_rings(state, &flow),
+        None => tell_dealloc(state, [(flow_id, ipcp)]),
+    }
 }
 
 /// Stops every spawned IPCP (the IRMd shuts down).

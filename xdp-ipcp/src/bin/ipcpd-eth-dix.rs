@@ -34,8 +34,8 @@ use o7s_pool::{Access, Packet, Pool, RingReader, pool_name};
 use o7s_proto::eth_mgmt::QosSpec as EthQos;
 use o7s_proto::irm::{
     Counter, ErrorCode, EthConfig, EthMode, FlowDealloc, FlowReqArrived, HashAlgo,
-    IpcpConfig as IrmIpcpConfig, IpcpFlowAlloc, IpcpInfo, IpcpStatsReply, IpcpType, IpcpTypeConfig,
-    QosSpec, RequestKind, Response, ResponseKind,
+    IpcpConfig as IrmIpcpConfig, IpcpFlowAlloc, IpcpFlowReply, IpcpInfo, IpcpStatsReply, IpcpType,
+    IpcpTypeConfig, QosSpec, RequestKind, Response, ResponseKind,
 };
 use o7s_xdp_ipcp::{
     DropReason, EthIpcp, Event, Instant, IpcpConfig, ModeChoice, QueryId, QueryStart,
@@ -92,7 +92,10 @@ struct AllocReq {
     tx_ring: u32,
     rx_ring: u32,
     deadline: StdInstant,
-    reply: Reply<Result<(), Refusal>>,
+    /// The IRMd's OAP request, for the FLOW_REQ.
+    oap: Vec<u8>,
+    /// The peer's OAP response and the layer's largest SDU, once allocated.
+    reply: Reply<Result<(Vec<u8>, u32), Refusal>>,
 }
 
 /// What the handler (or a helper thread) asks of the event loop.
@@ -105,10 +108,10 @@ enum Cmd {
     /// The IRMd says the flow (its id) ended.
     Dealloc(u32),
     /// The IRMd's answer to a flow request that arrived on `eid`: the flow's (id, tx ring,
-    /// rx ring) as the IPCP sees them, or a refusal.
+    /// rx ring, OAP response) as the IPCP sees them, or a refusal.
     Answer {
         eid: u16,
-        flow: Option<(u32, u32, u32)>,
+        flow: Option<(u32, u32, u32, Vec<u8>)>,
     },
     Stats(Reply<Vec<Counter>>),
 }
@@ -370,9 +373,18 @@ impl EthDix {
             tx_ring: r.tx_ring,
             rx_ring: r.rx_ring,
             deadline: StdInstant::now() + timeout,
+            oap: r.piggyback,
             reply: tx,
         }))?;
-        wait(&rx, timeout + Duration::from_secs(1), "flow allocation").map(answer)
+        let allocated = wait(&rx, timeout + Duration::from_secs(1), "flow allocation")?;
+        Ok(match allocated {
+            Ok((piggyback, max_sdu)) => ResponseKind::IpcpFlow(IpcpFlowReply {
+                piggyback,
+                max_sdu: Some(max_sdu),
+            })
+            .into(),
+            Err((code, message)) => refuse(code, message),
+        })
     }
 }
 
@@ -559,7 +571,7 @@ impl<'p> Loop<'p> {
 
     /// Sends the FLOW_REQ of a resolved allocation.
     fn alloc(&mut self, ipcp: &mut EthIpcp<'p>, req: AllocReq) {
-        match ipcp.layer_mut().flow_alloc(&req.hash, req.qos, b"") {
+        match ipcp.layer_mut().flow_alloc(&req.hash, req.qos, &req.oap) {
             Ok(eid) => {
                 self.allocs.insert(eid, req);
             }
@@ -570,17 +582,17 @@ impl<'p> Loop<'p> {
     }
 
     /// The IRMd answered a flow request that arrived on `eid`.
-    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<(u32, u32, u32)>) {
-        let bound = flow.map(|(flow_id, tx, rx)| {
+    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<(u32, u32, u32, Vec<u8>)>) {
+        let bound = flow.map(|(flow_id, tx, rx, oap)| {
             let reader = ipcp
                 .bind_flow(eid, tx)
                 .map_err(|e| e.to_string())
                 .and_then(|()| self.pool.ring_reader(rx).map_err(|e| e.to_string()));
-            (flow_id, reader)
+            (flow_id, reader, oap)
         });
         match bound {
-            Some((flow_id, Ok(reader))) => {
-                if let Err(e) = ipcp.layer_mut().flow_accept(eid, b"") {
+            Some((flow_id, Ok(reader), oap)) => {
+                if let Err(e) = ipcp.layer_mut().flow_accept(eid, &oap) {
                     eprintln!("ipcpd-eth-dix: cannot accept flow eid {eid}: {e}");
                     ipcp.unbind_flow(eid);
                     let _ = ipcp.layer_mut().flow_dealloc(eid);
@@ -598,7 +610,7 @@ impl<'p> Loop<'p> {
                 self.by_id.insert(flow_id, eid);
                 eprintln!("ipcpd-eth-dix: flow {flow_id} accepted on eid {eid}");
             }
-            Some((flow_id, Err(e))) => {
+            Some((flow_id, Err(e), _)) => {
                 eprintln!("ipcpd-eth-dix: flow {flow_id}: rings not usable: {e}");
                 ipcp.unbind_flow(eid);
                 let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
@@ -639,18 +651,27 @@ impl<'p> Loop<'p> {
                     }
                 }
             }
-            Event::FlowReqArrived { eid, hash, qos, .. } => {
+            Event::FlowReqArrived {
+                eid,
+                hash,
+                qos,
+                oap,
+                ..
+            } => {
                 let (irm, cmds) = (self.irm.clone(), self.cmds.clone());
+                let max_sdu = u32::try_from(ipcp.layer().config().max_sdu()).ok();
                 let spawned = std::thread::Builder::new().name("flow-req".into()).spawn(
                     move || {
                         let request = FlowReqArrived {
                             hash,
                             qos: Some(irm_qos(&qos)),
                             timeout_ms: 0,
+                            piggyback: oap,
+                            max_sdu,
                         };
                         let flow = match irm.call_ok(request, ANSWER_TIMEOUT) {
                             Ok(Some(ResponseKind::Flow(info))) => {
-                                Some((info.flow_id, info.tx_ring, info.rx_ring))
+                                Some((info.flow_id, info.tx_ring, info.rx_ring, info.piggyback))
                             }
                             Ok(other) => {
                                 eprintln!(
@@ -671,7 +692,7 @@ impl<'p> Loop<'p> {
                     let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
                 }
             }
-            Event::FlowAllocated { eid, .. } => {
+            Event::FlowAllocated { eid, oap } => {
                 let Some(req) = self.allocs.remove(&eid) else {
                     // Given up on meanwhile.
                     let _ = ipcp.layer_mut().flow_dealloc(eid);
@@ -696,7 +717,9 @@ impl<'p> Loop<'p> {
                             },
                         );
                         self.by_id.insert(req.flow_id, eid);
-                        if req.reply.send(Ok(())).is_err() {
+                        let max_sdu = ipcp.layer().config().max_sdu();
+                        let max_sdu = u32::try_from(max_sdu).unwrap_or(u32::MAX);
+                        if req.reply.send(Ok((oap, max_sdu))).is_err() {
                             // The handler gave up: the IRMd undoes the flow.
                             self.end_flow(ipcp, eid, "the allocation was given up");
                         } else {
