@@ -99,7 +99,12 @@ fn data_path(s: Scenario, host: &str, what: &[&str]) -> Scenario {
 fn operf_done(s: Scenario, log: &str) -> Scenario {
     s.wait_for(
         "a",
-        &format!("grep -q 'Mbit/s' $O7S_LOG/{log}.log && ! kill -0 $(cat $O7S_LOG/{log}.pid)"),
+        // Exited: no such process, or a zombie its spawner has not reaped yet.
+        &format!(
+            "grep -q 'Mbit/s' $O7S_LOG/{log}.log && {{ \
+             st=$(awk '/^State:/ {{print $2}}' /proc/$(cat $O7S_LOG/{log}.pid)/status 2>/dev/null); \
+             [ -z \"$st\" ] || [ \"$st\" = Z ]; }}"
+        ),
         Duration::from_secs(60),
     )
     .run_expect(
