@@ -99,8 +99,18 @@ verdict() {
 }
 sync_point() {
     echo "VM-SYNC $1"
-    read -r -t 900 line || verdict fail "no go for step $1"
+    read -r -t 900 line now || verdict fail "no go for step $1"
     [ "$line" = go ] || verdict fail "aborted before step $1"
+    [ -n "$now" ] && set_clock "$now"
+}
+# The guests' clocks start from the RTC's whole seconds, up to a second apart, and o7s's flow
+# allocation refuses requests stamped more than 100 ms in the future (as the reference does):
+# set the clock from the harness's SECONDS.NANOS at the next whole second.
+set_clock() {
+    secs=${1%.*}
+    nanos=${1#*.}
+    usleep $(( (2000000000 - 1$nanos) / 1000 ))
+    date -s "@$(( secs + 1 ))" >/dev/null || echo "VM: could not set the clock"
 }
 step_fail() {
     echo "VM-STEP $1 fail"
@@ -580,9 +590,18 @@ impl Qemu {
                                     self.accel
                                 ));
                             }
+                            // The first `go` carries the time: the guests set their clocks.
+                            let go = if n == 0 {
+                                let now = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap_or_default();
+                                format!("go {}.{:09}", now.as_secs(), now.subsec_nanos())
+                            } else {
+                                "go".to_string()
+                            };
                             for g in guests.iter_mut() {
                                 g.sync = None;
-                                g.say("go");
+                                g.say(&go);
                             }
                         }
                     }
