@@ -85,8 +85,12 @@ pub enum Error {
         /// What is missing.
         what: &'static str,
     },
-    /// The SDU does not fit the largest pool block: nothing was sent.
-    #[error("an SDU of {len} bytes is larger than the largest the pool takes ({max} bytes)")]
+    /// The SDU is larger than the flow carries ([`Flow::max_sdu`]: what its IPCP carries,
+    /// e.g. MTU − 4 over Ethernet, or the pool's largest block): nothing was sent.
+    #[error(
+        "an SDU of {len} bytes is larger than the flow carries ({max} bytes: its layer's or the \
+         packet pool's limit)"
+    )]
     TooLarge {
         /// The SDU's length.
         len: usize,
@@ -479,9 +483,15 @@ impl Flow {
         &self.pool
     }
 
-    /// The largest SDU a write takes.
+    /// The largest SDU a write takes: the smaller of what the flow's IPCP carries (as the
+    /// IRMd said: e.g. MTU − 4 for an Ethernet layer; direct flows and the local IPCP have no
+    /// limit of their own) and the pool's largest block. Larger writes fail with
+    /// [`Error::TooLarge`] instead of being dropped further down.
     pub fn max_sdu(&self) -> usize {
-        self.pool.layout().max_len()
+        let pool = self.pool.layout().max_len();
+        self.info.max_sdu.map_or(pool, |layer| {
+            pool.min(usize::try_from(layer).unwrap_or(usize::MAX))
+        })
     }
 
     /// Bounds blocking reads (`None`: wait forever, the default).
@@ -625,9 +635,14 @@ impl Flow {
         self.send(packet, wait)
     }
 
-    /// Sends a packet of the flow's pool as one SDU, without a copy.
+    /// Sends a packet of the flow's pool as one SDU, without a copy. A packet larger than
+    /// [`Flow::max_sdu`] is refused ([`Error::TooLarge`]) and released.
     pub fn write_packet(&self, packet: Packet<'_>) -> Result<()> {
         self.check_live()?;
+        let (len, max) = (packet.len(), self.max_sdu());
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
         if !std::ptr::eq(packet.pool(), &*self.pool) {
             return Err(Error::ForeignPacket {
                 packet_pool: packet.pool().name().to_owned(),
