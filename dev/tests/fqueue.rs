@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use o7s::{Error, Flow, FlowEvent, FlowQueue, FlowSet, FlowSetError};
-use util::{Helper, TIMEOUT, client, irmd, pair, stdin_line};
+use util::{Helper, TIMEOUT, client, irmd, local_ipcp, pair, stdin_line};
 
 const WRITER: &str = "O7S_TEST_FQUEUE_WRITER";
 
@@ -352,4 +352,34 @@ fn a_deallocated_peer_and_a_flow_already_down_show_as_dealloc() {
     assert_eq!(set.wait(&mut queue, Some(TIMEOUT)).expect("wait"), 1);
     assert_eq!(queue.next(), Some((late.id(), FlowEvent::Dealloc)));
     set.remove(&late);
+}
+
+#[test]
+fn packets_relayed_by_the_local_ipcp_are_events_too() {
+    let host = irmd();
+    let me = client(&host);
+    let ipcp = local_ipcp(&host, "fq-ipcp");
+    let (alloc, accept) = pair(&me, "fq-ipcp");
+    assert_eq!(accept.peer_pid(), ipcp, "the flow runs through the IPCP");
+    let set = FlowSet::new(&me).expect("set");
+    set.add(&accept).expect("add");
+    for seq in 0..50u32 {
+        alloc.write(&seq.to_le_bytes()).expect("write");
+    }
+    let mut queue = FlowQueue::new();
+    let id = accept.id();
+    let events = collect(&set, &mut queue, |seen| seen.len() >= 50);
+    assert_eq!(events, vec![(id, FlowEvent::Packet); 50]);
+    let mut buf = [0u8; 8];
+    for seq in 0..50u32 {
+        let n = accept.read(&mut buf).expect("read");
+        assert_eq!(&buf[..n], seq.to_le_bytes());
+    }
+    // The allocating end goes: the IPCP deallocates its side towards us.
+    alloc.dealloc().expect("dealloc");
+    let end = collect(&set, &mut queue, |seen| {
+        seen.iter().any(|(_, e)| e.is_flow_end())
+    });
+    assert_eq!(end, [(id, FlowEvent::Dealloc)]);
+    set.remove(&accept);
 }

@@ -13,7 +13,8 @@ use o7s::{Client, Flow};
 pub use o7s_testkit::TIMEOUT;
 use o7s_testkit::{Irmd, Lines, Options, Stop, build_bins, temp_dir};
 
-/// The directory of this test binary's profile (`target/<profile>`), with `irmd` built in it.
+/// The directory of this test binary's profile (`target/<profile>`), with `irmd` and
+/// `ipcpd-local` (which the IRMd looks for beside itself) built in it.
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -22,8 +23,43 @@ fn bin_dir() -> &'static Path {
             .parent()
             .and_then(Path::parent)
             .expect("tests live in target/<profile>/deps");
-        build_bins(profile, &[("o7s-irmd", "irmd")])
+        build_bins(
+            profile,
+            &[("o7s-irmd", "irmd"), ("o7s-ipcpd", "ipcpd-local")],
+        )
     })
+}
+
+/// Creates and bootstraps `ipcpd-local` in `host`'s IRMd and registers `name` in its layer,
+/// so flows to `name` go through the IPCP; returns the IPCP's pid.
+pub fn local_ipcp(host: &Irmd, name: &str) -> u32 {
+    use o7s_proto::irm::{
+        BootstrapIpcp, CreateIpcp, HashAlgo, IpcpConfig, IpcpType, RegisterName, RegisterTarget,
+        ResponseKind,
+    };
+    let mut c = host.client();
+    let info = match c.call_ok(CreateIpcp {
+        ipcp_type: IpcpType::Local.into(),
+        name: "local".into(),
+    }) {
+        Ok(ResponseKind::Ipcp(info)) => info,
+        other => panic!("create ipcp: {other:?}\n{}", host.log()),
+    };
+    c.call_ok(BootstrapIpcp {
+        name: "local".into(),
+        config: Some(IpcpConfig {
+            layer: "local-layer".into(),
+            hash: HashAlgo::Sha3_256.into(),
+            type_config: None,
+        }),
+    })
+    .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", host.log()));
+    c.call_ok(RegisterName {
+        name: name.into(),
+        target: Some(RegisterTarget::Layer("local-layer".into())),
+    })
+    .unwrap_or_else(|e| panic!("register: {e}\n{}", host.log()));
+    info.pid
 }
 
 /// A real IRMd on its own temporary directory, stopped and cleaned up (shared memory included)
