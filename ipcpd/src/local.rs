@@ -32,6 +32,9 @@ const RELAY_POLL: Duration = Duration::from_millis(200);
 const DEALLOC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time the IRMd gets to answer a flow request beyond the allocation's timeout.
 const ANSWER_MARGIN: Duration = Duration::from_secs(2);
+/// How long the relays of a flow the IRMd ended get to deliver what is still queued before
+/// the joint is torn down regardless (a reader that never drains its ring).
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -182,6 +185,30 @@ impl Local {
         .into()
     }
 
+    /// The IRMd ended flow `flow_id` of `joint`. It flagged the flow's rings down before
+    /// saying so, so the relays deliver what is still queued and then end by themselves,
+    /// tearing the joint down; if they have not after [`DRAIN_GRACE`], it is torn down anyway.
+    fn end_after_drain(self: &Arc<Self>, irm: &Arc<Irm>, joint: Arc<Joint>, flow_id: u32) {
+        let why = RelayEnd::Flow(format!("the irmd ended flow {flow_id}"));
+        let spawned = {
+            let (me, irm, joint, why) = (self.clone(), irm.clone(), joint.clone(), why.clone());
+            std::thread::Builder::new()
+                .name(format!("drain-{flow_id}"))
+                .spawn(move || {
+                    let deadline = std::time::Instant::now() + DRAIN_GRACE;
+                    while !joint.down.load(Ordering::Acquire)
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    me.tear_down(&irm, &joint, &why);
+                })
+        };
+        if spawned.is_err() {
+            self.tear_down(irm, &joint, &why);
+        }
+    }
+
     /// Ends a joint once: both relays stop and both of the IPCP's flow ends are deallocated.
     fn tear_down(&self, irm: &Irm, joint: &Joint, why: &RelayEnd) {
         if joint.down.swap(true, Ordering::AcqRel) {
@@ -255,11 +282,7 @@ impl Handler for LocalHandler {
                     .find(|j| j.app == r.flow_id || j.peer == r.flow_id)
                     .cloned();
                 if let Some(joint) = joint {
-                    local.tear_down(
-                        irm,
-                        &joint,
-                        &RelayEnd::Flow(format!("the irmd ended flow {}", r.flow_id)),
-                    );
+                    local.end_after_drain(irm, joint, r.flow_id);
                 }
                 Response::ok()
             }

@@ -333,7 +333,20 @@ fn oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix() {
     // --- Deallocation -----------------------------------------------------------------
     a.wait_flows(1, "while the flow lives");
     b.wait_flows(1, "while the flow lives");
+    // A burst written just before the dealloc still arrives whole.
+    const BURST: u32 = 500;
+    for i in 0..BURST {
+        let mut sdu = vec![0u8; 1000];
+        sdu[..4].copy_from_slice(&i.to_be_bytes());
+        fa.write(&sdu).expect("burst write");
+    }
     fa.dealloc().expect("dealloc A");
+    for i in 0..BURST {
+        let n = fb
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("SDU {i} of the burst lost: {e}"));
+        assert_eq!((n, &buf[..4]), (1000, &i.to_be_bytes()[..]));
+    }
     a.wait_flows(0, "after A's dealloc");
     drop(fb);
     b.wait_flows(0, "after B's dealloc");

@@ -194,10 +194,21 @@ fn oap_through_ipcpd_local_and_the_ipcp_is_told_of_deallocations() {
     assert!(log.contains("OAP request accepted"), "{log}");
     assert!(log.contains("flow allocated through the IPCP"), "{log}");
 
-    // The allocating app deallocates: the IRMd tells the IPCP, which lets go of both of its
-    // flows (the accepting app then reads FlowDown).
+    // The allocating app writes a burst and deallocates at once: the IRMd tells the IPCP,
+    // which still delivers what was queued, then lets go of both of its flows (the accepting
+    // app then reads FlowDown).
+    const BURST: u32 = 2000;
+    for i in 0..BURST {
+        a.write(&i.to_be_bytes()).expect("write");
+    }
     let ida = a.id();
     a.dealloc().expect("dealloc");
+    for i in 0..BURST {
+        let n = b
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("SDU {i} of {BURST} lost: {e}"));
+        assert_eq!(&buf[..n], &i.to_be_bytes());
+    }
     let told = |log: &str| {
         log.lines()
             .any(|l| l.contains("IPCP deallocated its flow") && l.contains(&format!("flow={ida} ")))

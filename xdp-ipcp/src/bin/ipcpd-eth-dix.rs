@@ -558,7 +558,13 @@ impl<'p> Loop<'p> {
                 }
             }
             Cmd::Dealloc(flow_id) => {
-                if let Some(eid) = self.by_id.get(&flow_id).copied() {
+                // The IRMd flags the application's ring down before it says so: what is still
+                // queued on it goes out first (`transmit` ends the flow once it is drained).
+                let eid = self.by_id.get(&flow_id).copied();
+                let drained = eid
+                    .and_then(|eid| self.flows.get(&eid))
+                    .is_some_and(|end| end.pending.is_none() && end.reader.is_empty());
+                if let (Some(eid), true) = (eid, drained) {
                     self.end_flow(ipcp, eid, "the irmd ended it");
                 }
             }
