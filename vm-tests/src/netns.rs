@@ -87,6 +87,22 @@ struct World {
     _scratch: TempDir,
 }
 
+impl Drop for World {
+    /// SIGTERM first, so daemons clean up after themselves (an `irmd` removes its shared pool,
+    /// an IPCP its XDP program); whatever is left after 5 s gets the guards' SIGKILL.
+    fn drop(&mut self) {
+        for p in self.procs.values() {
+            p.signal(rustix::process::Signal::TERM);
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        for p in self.procs.values_mut() {
+            while Instant::now() < end && matches!(p.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 impl World {
     fn build(s: &Scenario) -> Result<Self> {
         let scratch = TempDir::new(util::NS_PREFIX)?;
