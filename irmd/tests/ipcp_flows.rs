@@ -44,8 +44,21 @@ fn bin_dir() -> &'static Path {
 /// A host whose IRMd spawns the fake IPCP in `mode`; its records land in `out`.
 struct FakeHost {
     irmd: Irmd,
+    dirs: Dirs,
+}
+
+/// The fake's directories (the `irmd` link with its script, the records), removed on drop,
+/// also when the host fails to start.
+struct Dirs {
     bin: PathBuf,
     out: PathBuf,
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.bin);
+        let _ = std::fs::remove_dir_all(&self.out);
+    }
 }
 
 impl FakeHost {
@@ -54,9 +67,12 @@ impl FakeHost {
         // process forked meanwhile by another test holds it open for writing when it is
         // executed, which would fail with ETXTBSY).
         let target = Path::new(IRMD).parent().expect("irmd has a directory");
-        let bin = target.join(temp_dir("ipcp-flows-bin").file_name().expect("a name"));
-        let out = temp_dir("ipcp-flows-out");
-        for d in [&bin, &out] {
+        let dirs = Dirs {
+            bin: target.join(temp_dir("ipcp-flows-bin").file_name().expect("a name")),
+            out: temp_dir("ipcp-flows-out"),
+        };
+        let (bin, out) = (&dirs.bin, &dirs.out);
+        for d in [bin, out] {
             let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir_all(d).expect("dir");
         }
@@ -79,14 +95,14 @@ impl FakeHost {
             temp_dir("ipcp-flows"),
             Options::new(bin.join("irmd")).stop(Stop::Term),
         );
-        let host = Self { irmd, bin, out };
+        let host = Self { irmd, dirs };
         create_local_ipcp(&host.irmd, "fake");
         host
     }
 
     /// The flow ids the IRMd told the fake to deallocate.
     fn deallocs(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = std::fs::read_dir(&self.out)
+        let mut ids: Vec<u32> = std::fs::read_dir(&self.dirs.out)
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| {
@@ -105,14 +121,7 @@ impl FakeHost {
 
     /// The OAP request the IRMd sent in its last `IpcpFlowAlloc`.
     fn request(&self) -> Vec<u8> {
-        std::fs::read(self.out.join("request.bin")).expect("the fake recorded a request")
-    }
-}
-
-impl Drop for FakeHost {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.bin);
-        let _ = std::fs::remove_dir_all(&self.out);
+        std::fs::read(self.dirs.out.join("request.bin")).expect("the fake recorded a request")
     }
 }
 
