@@ -388,6 +388,35 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> Result<bool, SysError> {
     Ok(r > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
+/// Waits until one of `fds` is readable (or hung up) or `timeout` passes; returns which are.
+/// A negative fd is skipped. No allocation.
+///
+/// # Errors
+/// `poll`, except `EINTR` (which returns none ready).
+pub fn poll_readable_each<const N: usize>(
+    fds: [RawFd; N],
+    timeout: Duration,
+) -> Result<[bool; N], SysError> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // Rounded up: a sub-millisecond timeout must not become a busy poll.
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfds` is an array of N valid pollfds.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = SysError::last("poll");
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Ok([false; N])
+        } else {
+            Err(e)
+        };
+    }
+    Ok(pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0))
+}
+
 /// Outcome of an AF_XDP TX kick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {

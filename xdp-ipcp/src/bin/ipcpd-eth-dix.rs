@@ -20,17 +20,30 @@
 //! application's ring by block index ([`EthIpcp::bind_flow`]). Neither direction copies.
 //! When an application's ring goes down, or the IRMd says the flow ended, the flow is
 //! deallocated in the layer and the IPCP deallocates its own end at the IRMd.
+//!
+//! Waking: the loop spins for a while after activity, then sleeps in `poll` on the backend's
+//! socket and a wake-up socket. Whoever gives the loop work writes a byte to the wake-up
+//! socket: the request handler after each command, and a ring-watch thread that sleeps on
+//! every flow ring the loop reads (armed before the loop sleeps, [`o7s_pool::wait_any`]) and
+//! so sees an application's SDU at once. A frame, an SDU or a command therefore ends the sleep
+//! immediately; the sleep's timeout is only the next layer timer or allocation deadline.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant as StdInstant};
 
 use clap::Parser;
 use o7s_ipcpd::runtime::{Error as RuntimeError, Handler, Irm};
-use o7s_pool::{Access, Packet, Pool, RingReader, pool_name};
+use o7s_pool::{
+    Access, Bell, Packet, Pool, RingArm, RingReader, WAIT_ANY_MAX, WakeWord, pool_name, wait_any,
+};
 use o7s_proto::eth_mgmt::QosSpec as EthQos;
 use o7s_proto::irm::{
     Counter, ErrorCode, EthConfig, EthMode, FlowDealloc, FlowReqArrived, HashAlgo,
@@ -38,7 +51,8 @@ use o7s_proto::irm::{
     IpcpTypeConfig, QosSpec, RequestKind, Response, ResponseKind,
 };
 use o7s_xdp_ipcp::{
-    DropReason, EthIpcp, Event, Instant, IpcpConfig, ModeChoice, QueryId, QueryStart,
+    Backend as _, DropReason, EthIpcp, Event, Instant, IpcpConfig, ModeChoice, QueryId, QueryStart,
+    sys,
 };
 
 /// How long a bootstrap may take (opening the backend, attaching XDP).
@@ -54,9 +68,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
 const DEALLOC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the loop keeps spinning after the last activity before it sleeps in `poll`.
 const SPIN: Duration = Duration::from_micros(300);
-/// How long the loop sleeps in `poll` when idle (commands and application SDUs wait this
-/// long at most).
-const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// The longest idle sleep. Frames, application SDUs and commands end a sleep at once, and
+/// timers are waited for exactly; this is only a safety net (e.g. for the backend to top up
+/// its fill ring once the pool has blocks again).
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(20);
+/// The idle sleep when the flow rings cannot be watched (more flows than one `futex_waitv`
+/// takes, a kernel before 5.16, an SDU waiting for room in the backend), and the pause after
+/// a failing `poll`: application SDUs wait this long at most.
+const FALLBACK_WAIT: Duration = Duration::from_millis(1);
 /// SDUs read from one application ring per loop turn.
 const TX_BUDGET: usize = 256;
 
@@ -82,6 +101,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Refusal = (ErrorCode, String);
 type Reply<T> = mpsc::Sender<T>;
+
+/// The writing end of the loop's wake-up socket: a byte written ends the loop's idle `poll`.
+#[derive(Debug, Clone)]
+struct Wake(Arc<UnixStream>);
+
+impl Wake {
+    fn wake(&self) {
+        // Non-blocking: a full socket means the loop has wake-ups pending anyway.
+        let _ = (&*self.0).write(&[1]);
+    }
+}
+
+/// The wake-up socket pair: (the loop's reading end, the writing end), both non-blocking.
+fn wake_pair() -> std::io::Result<(UnixStream, Wake)> {
+    let (rx, tx) = UnixStream::pair()?;
+    rx.set_nonblocking(true)?;
+    tx.set_nonblocking(true)?;
+    Ok((rx, Wake(Arc::new(tx))))
+}
+
+/// Reads every pending wake-up byte.
+fn drain(rx: &UnixStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = (&*rx).read(&mut buf) {
+        if n < buf.len() {
+            break;
+        }
+    }
+}
+
+/// The loop's command channel: sending a command also wakes the loop.
+#[derive(Debug, Clone)]
+struct Commands {
+    tx: mpsc::Sender<Cmd>,
+    wake: Wake,
+}
+
+/// The event loop has stopped (its receiver is gone).
+#[derive(Debug)]
+struct LoopGone;
+
+impl Commands {
+    fn send(&self, cmd: Cmd) -> Result<(), LoopGone> {
+        self.tx.send(cmd).map_err(|_| LoopGone)?;
+        self.wake.wake();
+        Ok(())
+    }
+}
 
 /// A flow allocation waiting for the name's MAC or the peer's answer.
 #[derive(Debug)]
@@ -120,7 +187,7 @@ enum Cmd {
 #[derive(Debug)]
 struct Running {
     layer: String,
-    cmds: mpsc::Sender<Cmd>,
+    cmds: Commands,
 }
 
 /// The request handler.
@@ -190,7 +257,9 @@ struct Setup {
     mode: EthMode,
     hash_len: usize,
     irm: Arc<Irm>,
-    cmds: mpsc::Sender<Cmd>,
+    cmds: Commands,
+    /// The reading end of the wake-up socket of `cmds`.
+    wake_rx: UnixStream,
 }
 
 impl EthDix {
@@ -223,7 +292,12 @@ impl EthDix {
                 format!("already bootstrapped in layer {:?}", r.layer),
             );
         }
-        let (cmds, rx) = mpsc::channel();
+        let (wake_rx, wake) = match wake_pair() {
+            Ok(pair) => pair,
+            Err(e) => return refuse(ErrorCode::Internal, format!("no wake-up socket: {e}")),
+        };
+        let (tx, rx) = mpsc::channel();
+        let cmds = Commands { tx, wake };
         let (ready_tx, ready_rx) = mpsc::channel();
         let setup = Setup {
             pool: self.pool.clone(),
@@ -232,6 +306,7 @@ impl EthDix {
             hash_len: hash_len(algo),
             irm: irm.clone(),
             cmds: cmds.clone(),
+            wake_rx,
         };
         let spawned = std::thread::Builder::new()
             .name("eth-loop".into())
@@ -406,7 +481,7 @@ enum QueryWaiter {
 struct Loop<'p> {
     pool: &'p Pool,
     irm: Arc<Irm>,
-    cmds: mpsc::Sender<Cmd>,
+    cmds: Commands,
     start: StdInstant,
     flows: HashMap<u16, FlowEnd<'p>>,
     by_id: HashMap<u32, u16>,
@@ -414,6 +489,114 @@ struct Loop<'p> {
     allocs: HashMap<u16, AllocReq>,
     /// SDUs the layer refused to send (too long for the MTU…).
     tx_refused: u64,
+    /// The flow rings armed while the loop sleeps (empty while it is awake).
+    arms: Vec<RingArm<'p>>,
+}
+
+/// The flow rings the loop sleeps on, as handed to the ring watcher.
+struct Armed<'p> {
+    /// Bumped for every new set of words.
+    generation: u64,
+    /// The watcher has woken the loop for this generation (it then waits for the next).
+    fired: bool,
+    words: Vec<WakeWord<'p>>,
+}
+
+/// The ring watcher: a thread that sleeps on the rings the loop reads while the loop sleeps,
+/// and wakes the loop's `poll` (through the wake-up socket) when an application writes or a
+/// ring goes down. A [`Bell`] hands it new rings or stops it.
+struct RingWatch<'p> {
+    bell: Bell,
+    stop: AtomicBool,
+    /// Cleared when the watcher cannot run (no thread, no `futex_waitv`): the loop then
+    /// sleeps at most [`FALLBACK_WAIT`].
+    usable: AtomicBool,
+    armed: Mutex<Armed<'p>>,
+}
+
+impl<'p> RingWatch<'p> {
+    fn new() -> Self {
+        Self {
+            bell: Bell::new(),
+            stop: AtomicBool::new(false),
+            usable: AtomicBool::new(true),
+            armed: Mutex::new(Armed {
+                generation: 0,
+                fired: false,
+                words: Vec::with_capacity(WAIT_ANY_MAX),
+            }),
+        }
+    }
+
+    /// The watcher thread's body.
+    fn run(&self, wake: &Wake) {
+        let mut words = Vec::with_capacity(WAIT_ANY_MAX);
+        loop {
+            // Taken before the rings: a later hand-over rings the bell and ends the wait.
+            let bell = self.bell.word();
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            words.clear();
+            words.push(bell);
+            let generation = {
+                let armed = lock(&self.armed);
+                if !armed.fired {
+                    words.extend_from_slice(&armed.words);
+                }
+                armed.generation
+            };
+            match wait_any(&words, None) {
+                Ok(Some(i)) if i > 0 => {
+                    let mut armed = lock(&self.armed);
+                    if armed.generation == generation {
+                        armed.fired = true;
+                    }
+                    drop(armed);
+                    wake.wake();
+                }
+                // The bell (new rings, or stop), or a signal.
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!(
+                        "ipcpd-eth-dix: cannot sleep on the flow rings ({e}); \
+                         the loop polls them every {FALLBACK_WAIT:?}"
+                    );
+                    self.usable.store(false, Ordering::SeqCst);
+                    wake.wake();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the watcher the rings the loop is about to sleep on (nothing to do if it already
+    /// waits on exactly these).
+    fn watch(&self, arms: &[RingArm<'p>]) {
+        let mut armed = lock(&self.armed);
+        let same = !armed.fired
+            && armed.words.len() == arms.len()
+            && armed.words.iter().zip(arms).all(|(w, a)| *w == a.word());
+        if same {
+            return;
+        }
+        armed.words.clear();
+        armed.words.extend(arms.iter().map(RingArm::word));
+        armed.generation += 1;
+        armed.fired = false;
+        drop(armed);
+        self.bell.ring();
+    }
+}
+
+/// Stops the ring watcher when the loop ends (also on a panic).
+struct StopWatch<'a, 'p>(&'a RingWatch<'p>);
+
+impl Drop for StopWatch<'_, '_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.bell.ring();
+    }
 }
 
 fn open<'p>(pool: &'p Pool, setup: &Setup) -> Result<EthIpcp<'p>, String> {
@@ -468,52 +651,121 @@ fn event_loop(
         queries: Vec::new(),
         allocs: HashMap::new(),
         tx_refused: 0,
+        arms: Vec::with_capacity(WAIT_ANY_MAX),
     };
-    drop(setup);
-    let mut last_busy = StdInstant::now();
-    loop {
-        let mut busy = false;
+    let Setup {
+        cmds: commands,
+        wake_rx,
+        ..
+    } = setup;
+    let wake = commands.wake.clone();
+    drop(commands);
+    let watch = RingWatch::new();
+    std::thread::scope(|s| {
+        let watcher = std::thread::Builder::new()
+            .name("ring-watch".into())
+            .spawn_scoped(s, || watch.run(&wake));
+        if let Err(e) = watcher {
+            eprintln!(
+                "ipcpd-eth-dix: no ring-watch thread ({e}); SDUs wait up to {FALLBACK_WAIT:?}"
+            );
+            watch.usable.store(false, Ordering::SeqCst);
+        }
+        let _stop = StopWatch(&watch);
+        let mut last_busy = StdInstant::now();
         loop {
-            match cmds.try_recv() {
-                Ok(cmd) => {
-                    busy = true;
-                    state.command(&mut ipcp, cmd);
+            let mut busy = false;
+            loop {
+                match cmds.try_recv() {
+                    Ok(cmd) => {
+                        busy = true;
+                        state.command(&mut ipcp, cmd);
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    // Every sender is gone: the handler (and so the process) is ending.
+                    Err(mpsc::TryRecvError::Disconnected) => return,
                 }
-                Err(mpsc::TryRecvError::Empty) => break,
-                // Every sender is gone: the handler (and so the process) is ending.
-                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+            let now = state.now();
+            match ipcp.poll(now) {
+                Ok(activity) => busy |= !activity.is_idle(),
+                Err(e) => {
+                    eprintln!("ipcpd-eth-dix: poll: {e}");
+                    std::thread::sleep(FALLBACK_WAIT);
+                }
+            }
+            while let Some(event) = ipcp.layer_mut().poll_event() {
+                busy = true;
+                state.event(&mut ipcp, event);
+            }
+            busy |= state.transmit(&mut ipcp);
+            state.expire(&mut ipcp);
+            if busy {
+                last_busy = StdInstant::now();
+            } else if last_busy.elapsed() > SPIN {
+                state.sleep(&ipcp, &watch, &wake_rx);
+            } else {
+                std::thread::yield_now();
             }
         }
-        let now = state.now();
-        match ipcp.poll(now) {
-            Ok(activity) => busy |= !activity.is_idle(),
-            Err(e) => {
-                eprintln!("ipcpd-eth-dix: poll: {e}");
-                std::thread::sleep(IDLE_WAIT);
-            }
-        }
-        while let Some(event) = ipcp.layer_mut().poll_event() {
-            busy = true;
-            state.event(&mut ipcp, event);
-        }
-        busy |= state.transmit(&mut ipcp);
-        state.expire(&mut ipcp);
-        if busy {
-            last_busy = StdInstant::now();
-        } else if last_busy.elapsed() > SPIN {
-            if let Err(e) = ipcp.wait(IDLE_WAIT) {
-                eprintln!("ipcpd-eth-dix: wait: {e}");
-                std::thread::sleep(IDLE_WAIT);
-            }
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    });
 }
 
 impl<'p> Loop<'p> {
     fn now(&self) -> Instant {
         Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Sleeps until a frame arrives, an application writes to (or takes down) one of the flow
+    /// rings, a command comes, or the next timer is due. Allocates nothing.
+    fn sleep(&mut self, ipcp: &EthIpcp<'p>, watch: &RingWatch<'p>, wake_rx: &UnixStream) {
+        let mut timeout = self.next_timer(ipcp).min(IDLE_WAIT_MAX);
+        let watchable = watch.usable.load(Ordering::SeqCst)
+            && self.flows.len() < WAIT_ANY_MAX
+            && self.flows.values().all(|end| end.pending.is_none());
+        if watchable {
+            // Armed before the last look: an SDU written after it moves a word the watcher
+            // sleeps on (or is about to, and then does not sleep).
+            self.arms
+                .extend(self.flows.values().map(|end| end.reader.arm()));
+            if self.arms.iter().any(RingArm::is_ready) {
+                self.arms.clear();
+                return;
+            }
+            watch.watch(&self.arms);
+        } else {
+            timeout = timeout.min(FALLBACK_WAIT);
+        }
+        let fds = [ipcp.backend().rx_fd(), wake_rx.as_raw_fd()];
+        match sys::poll_readable_each(fds, timeout) {
+            Ok([_, true]) => drain(wake_rx),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("ipcpd-eth-dix: wait: {e}");
+                std::thread::sleep(FALLBACK_WAIT);
+            }
+        }
+        // Awake: the applications' writes stop paying for wake-ups.
+        self.arms.clear();
+    }
+
+    /// How long until the layer's next timer or the next allocation deadline.
+    fn next_timer(&self, ipcp: &EthIpcp<'p>) -> Duration {
+        // `now` counts whole milliseconds: one more so the timer is due on waking.
+        let layer = ipcp
+            .layer()
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.now()) + Duration::from_millis(1));
+        let now = StdInstant::now();
+        let alloc = self
+            .allocs
+            .values()
+            .map(|r| r.deadline.saturating_duration_since(now))
+            .min();
+        match (layer, alloc) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(IDLE_WAIT_MAX),
+        }
     }
 
     fn command(&mut self, ipcp: &mut EthIpcp<'p>, cmd: Cmd) {
