@@ -39,6 +39,11 @@ pub struct VethPair {
 impl VethPair {
     /// Creates the pair with the given MTU on both ends.
     pub fn new(ns_tag: &str, veth_tag: &str, mtu: u32) -> Self {
+        Self::with_queues(ns_tag, veth_tag, mtu, 1)
+    }
+
+    /// Like [`VethPair::new`], each end with `queues` RX and TX queues.
+    pub fn with_queues(ns_tag: &str, veth_tag: &str, mtu: u32, queues: u32) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let mut pair = Self {
@@ -60,8 +65,11 @@ impl VethPair {
             });
         }
         let ([na, nb], [va, vb]) = (&pair.ns, &pair.veth);
-        let link = ["ip", "link", "add", va, "netns", na, "type", "veth"];
-        run(&[&link[..], &["peer", "name", vb, "netns", nb]].concat());
+        let q = queues.to_string();
+        let queues = ["numrxqueues", &q, "numtxqueues", &q];
+        let link = ["ip", "link", "add", va, "netns", na];
+        let peer = ["type", "veth", "peer", "name", vb, "netns", nb];
+        run(&[&link[..], &queues, &peer, &queues].concat());
         let mtu = mtu.to_string();
         for (ns, veth) in pair.ns.iter().zip(&pair.veth) {
             run(&["ip", "-n", ns, "link", "set", veth, "mtu", &mtu, "up"]);

@@ -502,7 +502,7 @@ impl<'p> EthIpcp<'p> {
     /// # Errors
     /// [`Error::Sys`] if `poll` fails.
     pub fn wait(&self, timeout: Duration) -> Result<bool, Error> {
-        Ok(sys::poll_readable(self.backend.rx_fd(), timeout)?)
+        Ok(sys::poll_readable_set(self.backend.rx_fds(), -1, timeout)?.0)
     }
 
     fn receive(&mut self, now: Instant) -> Result<usize, Error> {

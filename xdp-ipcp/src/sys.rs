@@ -388,33 +388,47 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> Result<bool, SysError> {
     Ok(r > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
-/// Waits until one of `fds` is readable (or hung up) or `timeout` passes; returns which are.
-/// A negative fd is skipped. No allocation.
+/// The most fds [`poll_readable_set`] waits on (RX queues served by one backend).
+pub const MAX_POLL_FDS: usize = 64;
+
+/// Waits until one of `fds` (the first [`MAX_POLL_FDS`]) or `extra` (skipped when negative)
+/// is readable (or hung up), or `timeout` passes; returns (any of `fds`, `extra`). No
+/// allocation.
 ///
 /// # Errors
 /// `poll`, except `EINTR` (which returns none ready).
-pub fn poll_readable_each<const N: usize>(
-    fds: [RawFd; N],
+pub fn poll_readable_set(
+    fds: &[RawFd],
+    extra: RawFd,
     timeout: Duration,
-) -> Result<[bool; N], SysError> {
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
+) -> Result<(bool, bool), SysError> {
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
         revents: 0,
-    });
+    };
+    let mut pfds = [unused; MAX_POLL_FDS + 1];
+    let n = fds.len().min(MAX_POLL_FDS);
+    for (p, &fd) in pfds.iter_mut().zip(&fds[..n]) {
+        p.fd = fd;
+        p.events = libc::POLLIN;
+    }
+    pfds[n].fd = extra;
+    pfds[n].events = libc::POLLIN;
     // Rounded up: a sub-millisecond timeout must not become a busy poll.
     let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfds` is an array of N valid pollfds.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
+    // SAFETY: the first n + 1 entries of `pfds` are valid pollfds (a negative fd is ignored).
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), (n + 1) as libc::nfds_t, ms) };
     if r < 0 {
         let e = SysError::last("poll");
         return if e.raw_os_error() == Some(libc::EINTR) {
-            Ok([false; N])
+            Ok((false, false))
         } else {
             Err(e)
         };
     }
-    Ok(pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0))
+    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok((pfds[..n].iter().any(ready), ready(&pfds[n])))
 }
 
 /// Outcome of an AF_XDP TX kick.

@@ -35,6 +35,24 @@ fn run_modes(test: &str, modes: [ModeChoice; 2]) {
     summary(test, &reports);
 }
 
+/// Four RX queues on each end: the xdp backend binds one AF_XDP socket per queue, all sharing
+/// the pool's UMEM (the second and later bind without flags, or the kernel says EINVAL), and
+/// every SDU arrives whichever queue it came in on.
+#[test]
+fn native_xdp_on_four_queues() {
+    let test = "native_xdp_on_four_queues";
+    if !can_run(test, true) {
+        return;
+    }
+    let pair = NetnsPair::with_queues(1500, 4);
+    let reports = exchange([ModeChoice::Native; 2], sdus() / 5, &pair, None);
+    for r in &reports {
+        assert_eq!(r.backend.kind, expected_kind(ModeChoice::Native), "{test}");
+        assert_eq!(r.backend.queues, 4, "{test}: {}", r.backend);
+    }
+    summary(test, &reports);
+}
+
 #[test]
 fn packet_to_packet() {
     run_modes("packet_to_packet", [ModeChoice::Packet, ModeChoice::Packet]);

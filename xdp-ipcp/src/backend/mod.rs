@@ -138,6 +138,16 @@ impl BackendConfig {
 /// Every RX queue `iface` has in use, or queue 0 when the driver does not report channels.
 fn device_queues(iface: &str) -> Vec<u32> {
     match crate::sys::if_rx_queues(iface) {
+        Ok(n) if n as usize > crate::sys::MAX_POLL_FDS => {
+            let max = crate::sys::MAX_POLL_FDS;
+            warn!(
+                iface,
+                queues = n,
+                "serving the first {max} RX queues only: frames steered to the others reach \
+                 the kernel (reduce them with `ethtool -L {iface} combined {max}`)"
+            );
+            (0..max as u32).collect()
+        }
         Ok(n) if n > 0 => (0..n).collect(),
         Ok(_) => vec![0],
         Err(e) => {
@@ -163,16 +173,20 @@ pub struct BackendInfo {
     pub kind: BackendKind,
     /// AF_XDP sockets run in zero-copy mode (false: copy mode, or AF_PACKET).
     pub zero_copy: bool,
+    /// RX queues served (one AF_XDP socket each; AF_PACKET: 1).
+    pub queues: u32,
 }
 
 impl fmt::Display for BackendInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            BackendKind::Xdp(mode) => write!(
-                f,
-                "xdp {mode} ({})",
-                if self.zero_copy { "zero-copy" } else { "copy" }
-            ),
+            BackendKind::Xdp(mode) => {
+                let copy = if self.zero_copy { "zero-copy" } else { "copy" };
+                match self.queues {
+                    0 | 1 => write!(f, "xdp {mode} ({copy})"),
+                    n => write!(f, "xdp {mode} ({copy}, {n} queues)"),
+                }
+            }
             BackendKind::Packet => f.write_str("packet"),
         }
     }
@@ -320,8 +334,9 @@ pub trait Backend<'p> {
     /// A failing system call.
     fn flush(&mut self) -> Result<usize, Error>;
 
-    /// The fd that becomes readable when frames arrive.
-    fn rx_fd(&self) -> std::os::fd::RawFd;
+    /// The fds that become readable when frames arrive (one per RX queue served; at most
+    /// [`crate::sys::MAX_POLL_FDS`]).
+    fn rx_fds(&self) -> &[std::os::fd::RawFd];
 
     /// The counters.
     fn stats(&self) -> BackendStats;
@@ -382,8 +397,8 @@ impl<'p> Backend<'p> for AnyBackend<'p> {
     fn flush(&mut self) -> Result<usize, Error> {
         dispatch!(self, b => b.flush())
     }
-    fn rx_fd(&self) -> std::os::fd::RawFd {
-        dispatch!(self, b => b.rx_fd())
+    fn rx_fds(&self) -> &[std::os::fd::RawFd] {
+        dispatch!(self, b => b.rx_fds())
     }
     fn stats(&self) -> BackendStats {
         dispatch!(self, b => b.stats())

@@ -16,6 +16,8 @@ use crate::sys::{self, MAX_BATCH, RecvMeta};
 pub struct PacketBackend<'p> {
     pool: &'p Pool,
     fd: OwnedFd,
+    /// `fd`'s number, for [`Backend::rx_fds`].
+    raw_fd: RawFd,
     /// Blocks allocated for the next receive (their windows are meaningless until then).
     spare: Vec<Packet<'p>>,
     /// Frames waiting for `sendmmsg`.
@@ -52,6 +54,7 @@ impl<'p> PacketBackend<'p> {
         debug!(iface = %config.iface, ifindex, "AF_PACKET socket bound");
         Ok(PacketBackend {
             pool,
+            raw_fd: fd.as_raw_fd(),
             fd,
             spare: Vec::with_capacity(MAX_BATCH),
             txq: Vec::with_capacity(MAX_BATCH),
@@ -86,6 +89,7 @@ impl<'p> Backend<'p> for PacketBackend<'p> {
         BackendInfo {
             kind: BackendKind::Packet,
             zero_copy: false,
+            queues: 1,
         }
     }
 
@@ -167,8 +171,8 @@ impl<'p> Backend<'p> for PacketBackend<'p> {
         Ok(self.txq.len())
     }
 
-    fn rx_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    fn rx_fds(&self) -> &[RawFd] {
+        std::slice::from_ref(&self.raw_fd)
     }
 
     fn stats(&self) -> BackendStats {

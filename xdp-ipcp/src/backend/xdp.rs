@@ -99,6 +99,8 @@ struct XskQueue {
 struct Live {
     steer: SteerProgram,
     queues: Vec<XskQueue>,
+    /// Each queue's socket, for [`Backend::rx_fds`].
+    rx_fds: Vec<RawFd>,
 }
 
 /// AF_XDP on one interface, with the pool as UMEM.
@@ -224,6 +226,7 @@ impl<'p> XdpBackend<'p> {
             live: Some(Live {
                 steer,
                 queues: Vec::with_capacity(config.queues.len()),
+                rx_fds: Vec::with_capacity(config.queues.len()),
             }),
             umem: None,
             lent: LentSet::new(pool.layout().total_blocks),
@@ -234,6 +237,7 @@ impl<'p> XdpBackend<'p> {
             info: BackendInfo {
                 kind: BackendKind::Xdp(attached),
                 zero_copy: false,
+                queues: u32::try_from(config.queues.len()).unwrap_or(u32::MAX),
             },
             stats: BackendStats::default(),
         };
@@ -333,6 +337,7 @@ impl<'p> XdpBackend<'p> {
         let zero_copy = sys::xsk_zero_copy(user.as_raw_fd())?;
         let live = self.live.as_mut().ok_or(Error::Config("backend closed"))?;
         live.steer.register_socket(queue, user.as_raw_fd())?;
+        live.rx_fds.push(user.as_raw_fd());
         live.queues.push(XskQueue {
             queue,
             rx,
@@ -568,11 +573,8 @@ impl<'p> Backend<'p> for XdpBackend<'p> {
         Ok(self.tx_pending.len() + on_ring as usize)
     }
 
-    fn rx_fd(&self) -> RawFd {
-        self.live
-            .as_ref()
-            .and_then(|l| l.queues.first())
-            .map_or(-1, |q| q.user.as_raw_fd())
+    fn rx_fds(&self) -> &[RawFd] {
+        self.live.as_ref().map_or(&[], |l| &l.rx_fds)
     }
 
     fn stats(&self) -> BackendStats {

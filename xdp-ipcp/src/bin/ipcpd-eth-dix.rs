@@ -736,9 +736,8 @@ impl<'p> Loop<'p> {
         } else {
             timeout = timeout.min(FALLBACK_WAIT);
         }
-        let fds = [ipcp.backend().rx_fd(), wake_rx.as_raw_fd()];
-        match sys::poll_readable_each(fds, timeout) {
-            Ok([_, true]) => drain(wake_rx),
+        match sys::poll_readable_set(ipcp.backend().rx_fds(), wake_rx.as_raw_fd(), timeout) {
+            Ok((_, true)) => drain(wake_rx),
             Ok(_) => {}
             Err(e) => {
                 eprintln!("ipcpd-eth-dix: wait: {e}");

@@ -52,6 +52,11 @@ impl NetnsPair {
         NetnsPair(VethPair::new("o7s-xipcp", "o7x", mtu))
     }
 
+    /// Each end with `queues` RX/TX queues.
+    pub fn with_queues(mtu: u32, queues: u32) -> NetnsPair {
+        NetnsPair(VethPair::with_queues("o7s-xipcp", "o7x", mtu, queues))
+    }
+
     /// Gives the ends the addresses [`ADDRS`] (/24).
     pub fn with_addresses(self) -> NetnsPair {
         NetnsPair(self.0.with_addresses(ADDRS))
