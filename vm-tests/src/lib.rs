@@ -1,4 +1,4 @@
-//! Multi-host scenarios over network namespaces, QEMU guests and (later) Vagrant VMs.
+//! Multi-host scenarios over network namespaces, QEMU guests and Vagrant VMs.
 //!
 //! A [`Scenario`] (hosts, links, ordered steps with assertions) runs unchanged on every
 //! [`Backend`]:
@@ -7,7 +7,10 @@
 //!   bridge in a namespace of its own for links with more than two ends);
 //! * [`qemu::Qemu`]: hosts are QEMU guests booted from a Debian kernel and an initramfs written
 //!   here; links are virtio-net NICs on multiqueue taps joined by a bridge, all inside a network
-//!   namespace the backend creates, so guests have no route anywhere else.
+//!   namespace the backend creates, so guests have no route anywhere else;
+//! * [`vagrant::Vagrant`]: hosts are the running VMs of the top-level `Vagrantfile`, reached
+//!   over ssh; each run moves the VMs' private NICs into a network namespace of its own inside
+//!   each VM, named as the scenario expects.
 //!
 //! Everything a run creates (namespaces, taps, bridges, processes, QEMU) has a drop guard.
 //! `cargo xtask vm-test` is the entry point; `cargo test -p o7s-vm-tests` runs the netns backend.
@@ -21,6 +24,7 @@ pub mod qemu;
 pub mod scenario;
 pub mod scenarios;
 mod util;
+pub mod vagrant;
 
 pub use util::{catch_interrupts, interrupted};
 

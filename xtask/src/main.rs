@@ -4,8 +4,8 @@
 //!   command to run.
 //! * `test` runs the whole test suite; tests that need root or XDP skip with a reason otherwise.
 //! * `bench <pool|eth|irmd>` runs one benchmark scenario and ends with its one-line summary.
-//! * `vm-test [--backend netns|qemu] [--scenario NAME]` runs the multi-host scenarios of
-//!   `vm-tests/` (QEMU guests by default) and prints per-scenario results and the total time.
+//! * `vm-test [--backend netns|qemu|vagrant] [--scenario NAME]` runs the multi-host scenarios
+//!   of `vm-tests/` (QEMU guests by default) and prints per-scenario results and the total time.
 //! * `demo` will run a live two-host network (not implemented yet: issue "The main job").
 
 mod demo;
@@ -42,7 +42,8 @@ enum Task {
         #[arg(value_enum)]
         scenario: BenchScenario,
     },
-    /// Run the multi-host scenarios (vm-tests/) on network namespaces or QEMU guests.
+    /// Run the multi-host scenarios (vm-tests/) on network namespaces, QEMU guests or the
+    /// Vagrantfile's VMs.
     VmTest {
         #[arg(long, value_enum, default_value = "qemu")]
         backend: VmBackend,
@@ -68,6 +69,8 @@ enum VmBackend {
     Netns,
     /// Hosts are QEMU guests (TCG unless VM_ACCEL=kvm) on a private bridge.
     Qemu,
+    /// Hosts are the running VMs of the top-level Vagrantfile (a, b, c), over ssh.
+    Vagrant,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +125,7 @@ fn vm_test(
 ) -> Result<()> {
     use o7s_vm_tests::{
         Backend, Verdict, image::KernelSeries, netns::Netns, qemu::Qemu, scenarios,
+        vagrant::Vagrant,
     };
     let names: Vec<&str> = match only {
         Some(list) => list.split(',').map(str::trim).collect(),
@@ -148,6 +152,11 @@ fn vm_test(
             qemu.verbose = verbose;
             qemu.kernel = kernel;
             Box::new(qemu)
+        }
+        VmBackend::Vagrant => {
+            let mut vagrant = Vagrant::default();
+            vagrant.verbose = verbose;
+            Box::new(vagrant)
         }
     };
     // Ctrl-C stops the run at the next check; the guards then remove namespaces and QEMU.
