@@ -38,6 +38,7 @@ pub mod flows;
 pub mod fuzzing;
 pub mod ipcp;
 pub mod layer;
+pub mod liveness;
 pub mod sys;
 pub mod time;
 
