@@ -9,10 +9,17 @@
 //!
 //! Per packet, neither direction allocates: RX batches block indices per eid in a fixed array and
 //! hands them to `RingWriter::try_write_batch`; a full ring or an unbound eid drops and counts.
+//!
+//! Liveness ([`crate::liveness`]): a bound flow whose QoS timeout is not 0 gets a keepalive (an
+//! empty SDU, in a pool block) when nothing was sent on it for more than timeout/4, and its
+//! application's receive ring gets PEER_GONE when nothing arrived for more than timeout. Empty
+//! SDUs that arrive are signs of life, never delivered. Times are those passed to
+//! [`EthIpcp::poll`]; [`EthIpcp::liveness_deadline`] says when the next check is due.
 
 use core::time::Duration;
+use std::collections::VecDeque;
 
-use o7s_pool::{Packet, Pool, RingWriter};
+use o7s_pool::{Packet, Pool, RingFlags, RingWriter};
 use o7s_proto::MacAddr;
 use o7s_proto::dix::{self, MGMT_EID};
 
@@ -21,6 +28,7 @@ use crate::backend::{
 };
 use crate::flows::{EID_END, FlowState, FlowStats};
 use crate::layer::{self, Config, DropReason, Layer, RxAction, Transmit};
+use crate::liveness::{Action, LivenessTable};
 use crate::sys::{self, SysError};
 use crate::time::Instant;
 
@@ -126,6 +134,16 @@ pub struct IpcpStats {
     pub mgmt_tx_delayed: u64,
     /// SDUs given to the backend by [`EthIpcp::send`].
     pub sent: u64,
+    /// Empty SDUs received (keepalives): signs of life, released, never delivered.
+    pub keepalives_in: u64,
+    /// Keepalives sent on idle flows.
+    pub keepalives_out: u64,
+    /// Keepalives that could not go out at once (no pool block, backend full); retried 5 ms
+    /// later.
+    pub keepalives_blocked: u64,
+    /// Flows whose peer was silent for longer than their QoS timeout: PEER_GONE was set on
+    /// their application's receive ring.
+    pub peers_timed_out: u64,
 }
 
 /// One flow's counters in a [`Snapshot`].
@@ -280,6 +298,12 @@ pub struct EthIpcp<'p> {
     pending_mgmt: Option<Transmit>,
     rx_batch: usize,
     stats: IpcpStats,
+    /// Keepalives and peer timeouts of the bound flows.
+    liveness: LivenessTable,
+    /// Flows whose peer just timed out, for [`EthIpcp::poll_peer_gone`].
+    peers_gone: VecDeque<u16>,
+    /// The `now` of the last [`EthIpcp::poll`]: the time of binds and sends between polls.
+    now: Instant,
 }
 
 impl std::fmt::Debug for EthIpcp<'_> {
@@ -325,6 +349,9 @@ impl<'p> EthIpcp<'p> {
             pending_mgmt: None,
             rx_batch: config.rx_batch.max(1),
             stats: IpcpStats::default(),
+            liveness: LivenessTable::default(),
+            peers_gone: VecDeque::with_capacity(64),
+            now: Instant::ZERO,
         })
     }
 
@@ -403,7 +430,8 @@ impl<'p> EthIpcp<'p> {
     }
 
     /// Delivers the SDUs of flow `eid` to `ring` from now on (this process must be the ring's
-    /// producer).
+    /// producer), and watches the flow's liveness with the timeout of its QoS (as of the last
+    /// [`poll`](Self::poll)'s `now`).
     ///
     /// # Errors
     /// [`Error::BadEid`], [`Error::Pool`] if the ring is not live or not ours to write.
@@ -413,12 +441,28 @@ impl<'p> EthIpcp<'p> {
         }
         let writer = self.pool.ring_writer(ring)?;
         self.flows[usize::from(eid)] = Some(writer);
+        let timeout = self.layer.flow(eid).map_or(0, |f| f.qos.timeout);
+        self.liveness.insert(eid, timeout, self.now);
         Ok(())
+    }
+
+    /// When [`poll`](Self::poll) next has a keepalive to send or a peer timeout to check, at
+    /// the latest; `None` if no bound flow has a QoS timeout.
+    #[must_use]
+    pub fn liveness_deadline(&self) -> Option<Instant> {
+        self.liveness.next_deadline()
+    }
+
+    /// The next flow whose peer timed out (its application's ring now has PEER_GONE), oldest
+    /// first; each is reported once. Drain after [`poll`](Self::poll).
+    pub fn poll_peer_gone(&mut self) -> Option<u16> {
+        self.peers_gone.pop_front()
     }
 
     /// Stops delivering `eid`'s SDUs (they are dropped and counted from now on); returns the
     /// ring it was bound to.
     pub fn unbind_flow(&mut self, eid: u16) -> Option<u32> {
+        self.liveness.remove(eid);
         self.flows
             .get_mut(usize::from(eid))
             .and_then(Option::take)
@@ -436,7 +480,19 @@ impl<'p> EthIpcp<'p> {
         clippy::result_large_err,
         reason = "the packet must come back; only the rare error path moves the bytes"
     )]
-    pub fn send(
+    pub fn send(&mut self, eid: u16, packet: Packet<'p>) -> Result<(), (Packet<'p>, SendError)> {
+        self.send_frame(eid, packet)?;
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    /// [`send`](Self::send) without counting an SDU (keepalives are counted apart); a sent
+    /// frame is activity on the flow.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the packet must come back; only the rare error path moves the bytes"
+    )]
+    fn send_frame(
         &mut self,
         eid: u16,
         mut packet: Packet<'p>,
@@ -461,7 +517,7 @@ impl<'p> EthIpcp<'p> {
         }
         match self.backend.send(packet) {
             Ok(()) => {
-                self.stats.sent += 1;
+                self.liveness.on_tx(eid, self.now);
                 Ok(())
             }
             Err((mut packet, e)) => {
@@ -485,6 +541,7 @@ impl<'p> EthIpcp<'p> {
     /// # Errors
     /// [`Error::Backend`] when a socket call fails.
     pub fn poll(&mut self, now: Instant) -> Result<Activity, Error> {
+        self.now = self.now.max(now);
         let mut activity = Activity {
             rx: self.receive(now)?,
             ..Activity::default()
@@ -492,6 +549,7 @@ impl<'p> EthIpcp<'p> {
         if self.layer.poll_timeout().is_some_and(|t| t <= now) {
             self.layer.handle_timeout(now);
         }
+        self.check_liveness(now);
         activity.mgmt_tx = self.send_mgmt();
         activity.tx_queued = self.backend.flush()?;
         Ok(activity)
@@ -513,6 +571,7 @@ impl<'p> EthIpcp<'p> {
             flows,
             stats,
             rx_batch,
+            liveness,
             ..
         } = self;
         let pool: &Pool = pool;
@@ -525,6 +584,12 @@ impl<'p> EthIpcp<'p> {
             .classify_rx(packet.data())
         {
             RxAction::Data { eid, payload } => {
+                liveness.on_rx(eid, now);
+                if payload.is_empty() {
+                    // A keepalive: the block goes back to the pool.
+                    stats.keepalives_in += 1;
+                    return;
+                }
                 let head = packet.head() as usize;
                 if packet
                     .set_bounds(head + payload.start, head + payload.end)
@@ -548,6 +613,36 @@ impl<'p> EthIpcp<'p> {
         });
         run.flush(pool, flows, stats, layer);
         Ok(received?)
+    }
+
+    /// Sends the keepalives that are due and flags the flows whose peer timed out.
+    fn check_liveness(&mut self, now: Instant) {
+        while let Some((eid, action)) = self.liveness.next_due(now) {
+            match action {
+                Action::Keepalive => {
+                    let sent = match self.pool.try_alloc(0) {
+                        Ok(packet) => self.send_frame(eid, packet).is_ok(),
+                        Err(_) => false,
+                    };
+                    if sent {
+                        self.stats.keepalives_out += 1;
+                    } else {
+                        self.stats.keepalives_blocked += 1;
+                        self.liveness.keepalive_blocked(eid, now);
+                    }
+                }
+                Action::PeerGone => {
+                    self.stats.peers_timed_out += 1;
+                    if let Some(writer) = self.flows.get(usize::from(eid)).and_then(Option::as_ref)
+                    {
+                        let _ = self
+                            .pool
+                            .ring_set_flags(writer.ring(), RingFlags::PEER_GONE);
+                    }
+                    self.peers_gone.push_back(eid);
+                }
+            }
+        }
     }
 
     /// Copies the layer's management frames into pool blocks and hands them to the backend.

@@ -21,6 +21,12 @@
 //! When an application's ring goes down, or the IRMd says the flow ended, the flow is
 //! deallocated in the layer and the IPCP deallocates its own end at the IRMd.
 //!
+//! Liveness, as the reference's application library does it (here for every flow of the
+//! layer): a flow whose QoS timeout is not 0 gets an empty SDU (a keepalive) when nothing was
+//! sent on it for more than timeout/4; received empty SDUs are never delivered; when nothing
+//! arrived for more than timeout, the application's receive ring gets PEER_GONE (it reads what
+//! is queued, then `PeerGone`) and the flow ends as usual when the application deallocates.
+//!
 //! Waking: the loop spins for a while after activity, then sleeps in `poll` on the backend's
 //! socket and a wake-up socket. Whoever gives the loop work writes a byte to the wake-up
 //! socket: the request handler after each command, and a ring-watch thread that sleeps on
@@ -698,6 +704,9 @@ fn event_loop(
                 busy = true;
                 state.event(&mut ipcp, event);
             }
+            while let Some(eid) = ipcp.poll_peer_gone() {
+                state.peer_gone(&ipcp, eid);
+            }
             busy |= state.transmit(&mut ipcp);
             state.expire(&mut ipcp);
             if busy {
@@ -748,13 +757,15 @@ impl<'p> Loop<'p> {
         self.arms.clear();
     }
 
-    /// How long until the layer's next timer or the next allocation deadline.
+    /// How long until the layer's next timer, the next keepalive or peer timeout, or the next
+    /// allocation deadline.
     fn next_timer(&self, ipcp: &EthIpcp<'p>) -> Duration {
         // `now` counts whole milliseconds: one more so the timer is due on waking.
-        let layer = ipcp
-            .layer()
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(self.now()) + Duration::from_millis(1));
+        let layer = match (ipcp.layer().poll_timeout(), ipcp.liveness_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|t| t.saturating_duration_since(self.now()) + Duration::from_millis(1));
         let now = StdInstant::now();
         let alloc = self
             .allocs
@@ -1061,6 +1072,20 @@ impl<'p> Loop<'p> {
         }
     }
 
+    /// The peer of flow `eid` was silent for longer than the flow's QoS timeout (the IPCP has
+    /// set PEER_GONE on the application's ring): said once.
+    fn peer_gone(&self, ipcp: &EthIpcp<'p>, eid: u16) {
+        let timeout = ipcp.layer().flow(eid).map_or(0, |f| f.qos.timeout);
+        let flow = self
+            .flows
+            .get(&eid)
+            .map_or_else(|| "?".to_owned(), |end| end.flow_id.to_string());
+        eprintln!(
+            "ipcpd-eth-dix: flow {flow} (eid {eid}): nothing from the peer for more than \
+             {timeout} ms; the application sees the peer gone"
+        );
+    }
+
     /// Ends flow `eid`: unbinds it, frees it in the layer, deallocates the IPCP's end.
     fn end_flow(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, why: &str) {
         let Some(end) = self.flows.remove(&eid) else {
@@ -1115,6 +1140,10 @@ impl<'p> Loop<'p> {
                         s.dropped(DropReason::UnknownEid),
                     ),
                     ("tx refused".into(), self.tx_refused),
+                    ("keepalives in".into(), s.ipcp.keepalives_in),
+                    ("keepalives out".into(), s.ipcp.keepalives_out),
+                    ("keepalives blocked".into(), s.ipcp.keepalives_blocked),
+                    ("peers timed out".into(), s.ipcp.peers_timed_out),
                     ("mgmt in".into(), s.mgmt_in()),
                     ("mgmt out".into(), s.mgmt_out()),
                     ("flows".into(), s.flows.len() as u64),
