@@ -1,0 +1,548 @@
+//! Flow liveness over `ipcpd-eth-dix`, end to end and on the wire: two "hosts" (network
+//! namespaces joined by a veth pair, an IRMd each, an eth-dix IPCP each in `packet` mode, so a
+//! raw socket in B's namespace sees every frame of the link).
+//!
+//! * QoS timeout 0: an idle flow carries no keepalive; empty SDUs injected for its eid (a raw
+//!   socket in A's namespace, the DIX header with length 0) are counted and never delivered,
+//!   while a non-empty SDU injected the same way is.
+//! * QoS timeout 400 ms: an idle flow stays up for three timeouts; each side sends an 18-byte
+//!   frame with DIX length 0 (the reference's keepalive) to the peer's eid more than 100 ms
+//!   apart and counts them (`keepalives out`), the peer counts them in, the applications get
+//!   nothing, and the flow still carries data afterwards.
+//! * SIGKILL of B's IPCP: A's application reads `PeerGone` about one timeout later, A's IPCP
+//!   counts the timeout and logs it once, and the flow ends when the application lets go.
+//!
+//! Root only (namespaces, raw sockets); skips with a reason otherwise. The test builds `irmd`
+//! (`cargo build`, a no-op when up to date) next to `ipcpd-eth-dix`, where the IRMd looks for
+//! it. Teardown (also on a panic) leaves no process, namespace or shared memory.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeVal;
+use nix::unistd::Pid;
+use o7s_proto::MacAddr;
+use o7s_proto::dix::{self, Frame};
+use o7s_proto::eth_mgmt::MgmtMsg;
+use o7s_proto::irm::{
+    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpStats, IpcpType,
+    IpcpTypeConfig, RegisterName, RegisterTarget, ResponseKind,
+};
+use o7s_testkit::netns::{VethPair, in_netns, spawn_in_netns};
+use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir};
+use o7s_xdp_ipcp::sys;
+
+const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
+const LAYER: &str = "eth-live";
+const NAME: &str = "livesrv";
+/// The layer's hash length (SHA3-256).
+const HASH_LEN: usize = 32;
+/// The QoS timeout of the watched flow.
+const PEER_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// The directory of `ipcpd-eth-dix`, with `irmd` built next to it.
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(IPCPD)
+            .parent()
+            .expect("ipcpd-eth-dix has a directory");
+        build_bins(dir, &[("o7s-irmd", "irmd")])
+    })
+}
+
+fn can_run(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root (network namespaces, raw sockets)");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipping {test}: iproute2 `ip` not found");
+        return false;
+    }
+    true
+}
+
+/// One host: an IRMd in a namespace with an eth-dix IPCP `eth` (packet mode) on its veth end.
+struct Host(Irmd);
+
+impl Host {
+    fn start(ns: &str, dev: &str) -> Self {
+        let irmd = Irmd::start(
+            temp_dir("eth-liveness"),
+            Options::new(bin_dir().join("irmd"))
+                .netns(ns)
+                .rust_log("info")
+                .stop(Stop::Term),
+        );
+        let mut c = irmd.client();
+        match c.call_ok(CreateIpcp {
+            ipcp_type: IpcpType::EthDix.into(),
+            name: "eth".into(),
+        }) {
+            Ok(ResponseKind::Ipcp(_)) => {}
+            other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
+        }
+        c.call_ok(BootstrapIpcp {
+            name: "eth".into(),
+            config: Some(IpcpConfig {
+                layer: LAYER.into(),
+                hash: HashAlgo::Sha3_256.into(),
+                type_config: Some(IpcpTypeConfig::Eth(EthConfig {
+                    dev: dev.into(),
+                    ethertype: u32::from(dix::DEFAULT_ETHERTYPE),
+                    mode: EthMode::Packet.into(),
+                })),
+            }),
+        })
+        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
+        Self(irmd)
+    }
+
+    fn register(&self, name: &str) {
+        self.0
+            .client()
+            .call_ok(RegisterName {
+                name: name.into(),
+                target: Some(RegisterTarget::Layer(LAYER.into())),
+            })
+            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.0.log()));
+    }
+
+    /// One counter of `irm ipcp stats eth`.
+    fn counter(&self, name: &str) -> u64 {
+        match self.0.client().call_ok(IpcpStats { name: "eth".into() }) {
+            Ok(ResponseKind::Stats(s)) => s
+                .counters
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.value)
+                .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", s.counters)),
+            other => panic!("ipcp stats: {other:?}"),
+        }
+    }
+
+    fn wait_flows(&self, n: u64, what: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let flows = self.counter("flows");
+            if flows == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the eth-dix IPCP has {flows} flows, not {n}\n{}",
+                self.0.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// An eth-dix frame seen on the link, with the time the capture read it.
+#[derive(Clone)]
+struct Seen {
+    at: Duration,
+    bytes: Vec<u8>,
+}
+
+/// Every eth-dix frame (EtherType 0xA000) on a namespace's link, both ways, by a raw socket.
+struct Capture {
+    frames: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(ns: &str) -> Self {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (frames, stop) = (frames.clone(), stop.clone());
+            spawn_in_netns(ns, move || {
+                let fd = socket(
+                    AddressFamily::Packet,
+                    SockType::Raw,
+                    SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::EthAll,
+                )
+                .expect("raw socket");
+                setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))
+                    .expect("timeout");
+                ready_tx.send(()).expect("ready");
+                let mut buf = vec![0u8; 65536];
+                let start = Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+                        continue;
+                    };
+                    let at = start.elapsed();
+                    if n >= dix::HEADER_LEN && buf[12..14] == dix::DEFAULT_ETHERTYPE.to_be_bytes() {
+                        frames.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+                            at,
+                            bytes: buf[..n].to_vec(),
+                        });
+                    }
+                }
+            })
+        };
+        ready_rx.recv().expect("capture started");
+        Self {
+            frames,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn frames(&self) -> Vec<Seen> {
+        self.frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many frames were seen so far.
+    fn mark(&self) -> usize {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The empty data frames (keepalives) seen after the first `since`, as (time, source,
+    /// eid, frame length).
+    fn empty_sdus(&self, since: usize) -> Vec<(Duration, MacAddr, u16, usize)> {
+        self.frames()
+            .iter()
+            .skip(since)
+            .filter_map(|s| {
+                let f = Frame::new_checked(&s.bytes[..]).ok()?;
+                (!f.is_mgmt() && f.length() == 0)
+                    .then(|| (s.at, f.src_addr(), f.eid(), s.bytes.len()))
+            })
+            .collect()
+    }
+
+    /// The addresses of the last flow allocated: (A's MAC, B's MAC, A's eid, B's eid), from
+    /// its FLOW_REQ and FLOW_REPLY.
+    fn flow(&self) -> (MacAddr, MacAddr, u16, u16) {
+        let mut req = None;
+        let mut reply = None;
+        for s in self.frames() {
+            let Ok(f) = Frame::new_checked(&s.bytes[..]) else {
+                continue;
+            };
+            if !f.is_mgmt() {
+                continue;
+            }
+            match MgmtMsg::parse_bytes(f.payload_ref(), HASH_LEN) {
+                Ok(MgmtMsg::FlowReq { seid, .. }) => {
+                    req = Some((f.src_addr(), f.dst_addr(), seid));
+                }
+                Ok(MgmtMsg::FlowReply {
+                    seid,
+                    deid,
+                    response: 0,
+                    ..
+                }) => reply = Some((deid, seid)),
+                _ => {}
+            }
+        }
+        let (a_mac, b_mac, a_eid) = req.expect("a FLOW_REQ captured");
+        let (deid, b_eid) = reply.expect("a FLOW_REPLY captured");
+        assert_eq!(deid, a_eid, "the reply answers the last request");
+        (a_mac, b_mac, a_eid, b_eid)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `frames` on `dev` from namespace `ns`, through a raw socket.
+fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex");
+        let raw = sys::packet_socket(ifindex, dix::DEFAULT_ETHERTYPE).expect("raw socket");
+        for frame in &frames {
+            let deadline = Instant::now() + TIMEOUT;
+            while sys::send_batch(raw.as_fd(), &[&frame[..]]).expect("send") == 0 {
+                assert!(Instant::now() < deadline, "the kernel takes no frame");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+}
+
+/// A data frame from `src` to `dst` for `eid` carrying `sdu` (empty: a keepalive).
+fn data_frame(src: MacAddr, dst: MacAddr, eid: u16, sdu: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; dix::HEADER_LEN + sdu.len()];
+    dix::Repr {
+        dst_addr: dst,
+        src_addr: src,
+        ethertype: dix::DEFAULT_ETHERTYPE,
+        eid,
+        payload_len: u16::try_from(sdu.len()).expect("short SDU"),
+    }
+    .emit(&mut frame)
+    .expect("emit");
+    frame[dix::HEADER_LEN..].copy_from_slice(sdu);
+    frame
+}
+
+fn qos(timeout: Duration) -> o7s::QosSpec {
+    o7s::QosSpec {
+        timeout: u32::try_from(timeout.as_millis()).expect("ms"),
+        ..o7s::qos::raw()
+    }
+}
+
+/// Allocates a flow from `a` to [`NAME`] (accepted by `b`) with `qos`.
+fn flow_pair(a: &o7s::Client, b: &o7s::Client, qos: o7s::QosSpec) -> (o7s::Flow, o7s::Flow) {
+    let accepted = {
+        let b = b.clone();
+        std::thread::spawn(move || b.flow_accept(Some(TIMEOUT)))
+    };
+    let fa = a
+        .flow_alloc(NAME, Some(qos), Some(TIMEOUT))
+        .unwrap_or_else(|e| panic!("alloc: {e}"));
+    let fb = accepted
+        .join()
+        .expect("accept thread")
+        .unwrap_or_else(|e| panic!("accept: {e}"));
+    (fa, fb)
+}
+
+/// Asserts that `flow` has nothing to read for `wait`.
+#[track_caller]
+fn nothing_to_read(flow: &o7s::Flow, wait: Duration, what: &str) {
+    flow.set_read_timeout(Some(wait));
+    let mut buf = [0u8; 64];
+    match flow.read(&mut buf) {
+        Err(o7s::Error::TimedOut { .. }) => {}
+        other => panic!("{what}: the application read {other:?}"),
+    }
+}
+
+#[test]
+fn keepalives_and_peer_timeout_over_eth_dix() {
+    if !can_run("keepalives_and_peer_timeout_over_eth_dix") {
+        return;
+    }
+    bin_dir();
+    let pair = VethPair::new("o7s-h7", "h7v", 1500);
+    let a = Host::start(&pair.ns[0], &pair.veth[0]);
+    let b = Host::start(&pair.ns[1], &pair.veth[1]);
+    b.register(NAME);
+    let capture = Capture::start(&pair.ns[1]);
+    let app_b = o7s::Client::connect_to(&b.0.rundir).expect("connect to B");
+    app_b.bind(NAME).expect("bind");
+    let app_a = o7s::Client::connect_to(&a.0.rundir).expect("connect to A");
+
+    // --- QoS timeout 0: no keepalive; injected empty SDUs are not delivered --------------
+    let (fa, fb) = flow_pair(&app_a, &app_b, qos(Duration::ZERO));
+    let (a_mac, b_mac, _, b_eid) = capture.flow();
+    std::thread::sleep(Duration::from_secs(1));
+    for (host, side) in [(&a, "A"), (&b, "B")] {
+        assert_eq!(host.counter("keepalives out"), 0, "{side}: timeout 0");
+    }
+    assert!(
+        capture.empty_sdus(0).is_empty(),
+        "no keepalive on the link with timeout 0"
+    );
+    let mut frames = vec![data_frame(a_mac, b_mac, b_eid, b""); 5];
+    frames.push(data_frame(a_mac, b_mac, b_eid, b"abc"));
+    inject(&pair.ns[0], &pair.veth[0], frames);
+    fb.set_read_timeout(Some(TIMEOUT));
+    let mut buf = [0u8; 64];
+    let n = fb.read(&mut buf).expect("the injected SDU arrives");
+    assert_eq!(
+        &buf[..n],
+        b"abc",
+        "the empty SDUs before it were not delivered"
+    );
+    assert_eq!(b.counter("keepalives in"), 5);
+    assert_eq!(b.counter("sdus delivered"), 1);
+    nothing_to_read(&fb, Duration::from_millis(100), "after the injection");
+    drop(fa);
+    drop(fb);
+    a.wait_flows(0, "after the first flow");
+    b.wait_flows(0, "after the first flow");
+
+    // --- QoS timeout 400 ms: an idle flow lives on keepalives -------------------------------
+    let (fa, fb) = flow_pair(&app_a, &app_b, qos(PEER_TIMEOUT));
+    let (a_mac, b_mac, a_eid, b_eid) = capture.flow();
+    let counters = |host: &Host| {
+        [
+            "keepalives out",
+            "keepalives in",
+            "sdus delivered",
+            "peers timed out",
+        ]
+        .map(|c| host.counter(c))
+    };
+    let (a0, b0) = (counters(&a), counters(&b));
+    let mark = capture.mark();
+    let idle = Instant::now();
+    std::thread::sleep(3 * PEER_TIMEOUT);
+    let (a1, b1) = (counters(&a), counters(&b));
+    let idle = idle.elapsed();
+    // At most one per quarter timeout (plus one at each end of the window), and not much
+    // fewer: the quarter is waited for, not polled in larger steps.
+    let most = u64::try_from(idle.as_millis() / (PEER_TIMEOUT.as_millis() / 4)).expect("n") + 1;
+    let least = most * 2 / 3;
+    for (side, before, after) in [("A", a0, a1), ("B", b0, b1)] {
+        let out = after[0] - before[0];
+        assert!(
+            (least..=most).contains(&out),
+            "{side} sent {out} keepalives in {idle:?}, not {least}..={most}\nA: {}\nB: {}",
+            a.0.log(),
+            b.0.log()
+        );
+        assert_eq!(after[2], before[2], "{side}: nothing delivered while idle");
+        assert_eq!(after[3], 0, "{side}: no peer timed out");
+    }
+    // What one side sent, the other received (give or take one in flight).
+    assert!(
+        b1[1] - b0[1] + 1 >= a1[0] - a0[0],
+        "B counts A's keepalives in"
+    );
+    assert!(
+        a1[1] - a0[1] + 1 >= b1[0] - b0[0],
+        "A counts B's keepalives in"
+    );
+    nothing_to_read(&fa, Duration::from_millis(50), "A while idle");
+    nothing_to_read(&fb, Duration::from_millis(50), "B while idle");
+    // On the wire: 18-byte frames, DIX length 0, to the peer's eid, a quarter timeout apart
+    // (as a user-space capture reads them: the median gap is more than the quarter and no gap
+    // much less, since a late read shortens only the gap after it).
+    let seen = capture.empty_sdus(mark);
+    for (src, eid, side) in [(a_mac, b_eid, "A"), (b_mac, a_eid, "B")] {
+        let mine: Vec<_> = seen.iter().filter(|k| k.1 == src).collect();
+        assert!(
+            mine.len() >= 8,
+            "{side}'s keepalives on the link: {}",
+            mine.len()
+        );
+        for k in &mine {
+            assert_eq!(
+                (k.2, k.3),
+                (eid, dix::HEADER_LEN),
+                "{side}'s keepalive frame"
+            );
+        }
+        let mut gaps: Vec<Duration> = mine.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        gaps.sort_unstable();
+        let median = gaps[gaps.len() / 2];
+        let quarter = PEER_TIMEOUT / 4;
+        assert!(
+            median > quarter && median < quarter + Duration::from_millis(30),
+            "{side}'s keepalives: median gap {median:?}, gaps {gaps:?}"
+        );
+        assert!(
+            gaps[0] > quarter - Duration::from_millis(40),
+            "{side}'s keepalives: gaps {gaps:?}"
+        );
+    }
+    println!(
+        "idle {idle:?}: keepalives A out {} in {}, B out {} in {}; on the link {}",
+        a1[0] - a0[0],
+        a1[1] - a0[1],
+        b1[0] - b0[0],
+        b1[1] - b0[1],
+        seen.len()
+    );
+    // The flow still carries data.
+    fa.write(b"ping").expect("write");
+    fb.set_read_timeout(Some(TIMEOUT));
+    let n = fb.read(&mut buf).expect("read after the idle time");
+    assert_eq!(&buf[..n], b"ping");
+
+    // --- B's IPCP dies: A's application sees the peer gone after one timeout -------------
+    let b_ipcp = b.0.ipcps().first().expect("B's IPCP").pid;
+    kill(
+        Pid::from_raw(i32::try_from(b_ipcp).expect("pid")),
+        Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    let killed = Instant::now();
+    fa.set_read_timeout(Some(TIMEOUT));
+    match fa.read(&mut buf) {
+        Err(o7s::Error::PeerGone) => {}
+        other => panic!("A read {other:?}, not PeerGone\n{}", a.0.log()),
+    }
+    let noticed = killed.elapsed();
+    // B's last keepalive left at most a quarter timeout (and a few ms) before the kill.
+    assert!(
+        noticed > PEER_TIMEOUT / 2 && noticed < PEER_TIMEOUT + Duration::from_millis(300),
+        "the peer declared gone {noticed:?} after the kill (timeout {PEER_TIMEOUT:?})"
+    );
+    println!("peer gone noticed {noticed:?} after the SIGKILL (timeout {PEER_TIMEOUT:?})");
+    assert_eq!(a.counter("peers timed out"), 1);
+    let log = a.0.log();
+    assert_eq!(
+        log.matches("nothing from the peer").count(),
+        1,
+        "logged once: {log}"
+    );
+    // Still gone, and the flow ends when the application lets go.
+    match fa.read(&mut buf) {
+        Err(o7s::Error::PeerGone) => {}
+        other => panic!("A read {other:?} after PeerGone"),
+    }
+    drop(fa);
+    a.wait_flows(0, "after A's application let go");
+    match fb.read(&mut buf) {
+        Err(o7s::Error::PeerGone) => {}
+        other => panic!("B read {other:?} with its IPCP dead"),
+    }
+    drop(fb);
+
+    drop(capture);
+    drop(app_a);
+    drop(app_b);
+    let prefixes = [a.0.shm_prefix(), b.0.shm_prefix()];
+    let pids: Vec<u32> = [&a, &b]
+        .iter()
+        .flat_map(|h| {
+            let mut p: Vec<u32> = h.0.ipcps().iter().map(|i| i.pid).collect();
+            p.push(h.0.pid());
+            p
+        })
+        .collect();
+    drop(a);
+    drop(b);
+    let names = pair.ns.clone();
+    drop(pair);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived the teardown"
+        );
+    }
+    let netns = Command::new("ip").args(["netns", "list"]).output();
+    let netns = String::from_utf8_lossy(&netns.expect("ip netns list").stdout).into_owned();
+    for ns in &names {
+        assert!(!netns.contains(ns.as_str()), "namespace {ns} left behind");
+    }
+    for e in std::fs::read_dir("/dev/shm").expect("/dev/shm").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !prefixes.iter().any(|p| name.starts_with(p.as_str())),
+            "shared memory {name} left behind"
+        );
+    }
+}
