@@ -208,6 +208,8 @@ pub enum SshConfigError {
     MissingValue { line: usize, key: String },
     /// A value that opens a double quote and does not close it.
     UnterminatedQuote { line: usize },
+    /// A line that starts with `=`: a value without a keyword.
+    MissingKey { line: usize },
 }
 
 impl fmt::Display for SshConfigError {
@@ -218,6 +220,7 @@ impl fmt::Display for SshConfigError {
             }
             Self::MissingValue { line, key } => write!(f, "line {line}: {key} has no value"),
             Self::UnterminatedQuote { line } => write!(f, "line {line}: unterminated quote"),
+            Self::MissingKey { line } => write!(f, "line {line}: a value without a keyword"),
         }
     }
 }
@@ -238,6 +241,9 @@ pub fn parse_ssh_config(text: &str) -> Result<Vec<SshHost>, SshConfigError> {
             .find(|c: char| c.is_whitespace() || c == '=')
             .unwrap_or(line.len());
         let (key, rest) = line.split_at(split);
+        if key.is_empty() {
+            return Err(SshConfigError::MissingKey { line: line_no });
+        }
         let rest = rest.trim_start();
         let rest = rest.strip_prefix('=').unwrap_or(rest).trim();
         let value = if let Some(inner) = rest.strip_prefix('"') {
@@ -267,6 +273,56 @@ pub fn parse_ssh_config(text: &str) -> Result<Vec<SshHost>, SshConfigError> {
         }
     }
     Ok(hosts)
+}
+
+/// Writes hosts as an ssh configuration that [`parse_ssh_config`] reads back as the same hosts
+/// (values with whitespace, or starting with `"` or `=`, are double-quoted).
+pub fn render_ssh_config(hosts: &[SshHost]) -> String {
+    let value = |v: &str| {
+        if v.starts_with(['"', '=']) || v.contains(char::is_whitespace) {
+            format!("\"{v}\"")
+        } else {
+            v.to_string()
+        }
+    };
+    let mut out = String::new();
+    for h in hosts {
+        out += &format!("Host {}\n", value(&h.name));
+        for (k, v) in &h.options {
+            out += &format!("  {k} {}\n", value(v));
+        }
+    }
+    out
+}
+
+/// Oracles for the fuzz targets in `vm-tests/fuzz` (and the property tests).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// `vagrant ssh-config` output: parsing never panics, and whatever parses renders and
+    /// parses back to the same hosts.
+    pub fn ssh_config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        if let Ok(hosts) = parse_ssh_config(text) {
+            let again = parse_ssh_config(&render_ssh_config(&hosts));
+            assert_eq!(again.as_ref(), Ok(&hosts), "render/parse round trip");
+        }
+    }
+
+    /// `vagrant status --machine-readable` output: parsing never panics, and every state it
+    /// finds, written back as a `state` line (commas escaped as Vagrant does), reads the same.
+    pub fn status(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let states = parse_status(&text);
+        let lines: String = states
+            .iter()
+            .map(|(m, s)| format!("0,{m},state,{}\n", s.replace(',', "%!(VAGRANT_COMMA)")))
+            .collect();
+        assert_eq!(parse_status(&lines), states, "status round trip");
+    }
 }
 
 /// Where one run lives in a VM, and the names it uses there.
@@ -358,12 +414,19 @@ if [ -n "$pids" ]; then
     kill -KILL $pids 2>/dev/null
 fi
 # Each NIC back to its own name and the Vagrantfile's address.
+# Renamed inside the namespace first: the VM's udev and systemd see the move back as a rename
+# from the old name, and from `eth0` systemd takes it for the management NIC leaving (Debian 12:
+# ifup@eth0 stopped, the DHCP lease released, ssh gone).
 if [ -f "$base/nics" ]; then
+    n=0
     while read -r nsdev dev addr; do
+        tmp=o7svtnic$n
+        n=$((n + 1))
         ip -n "$ns" link set dev "$nsdev" xdp off 2>/dev/null
         tc -n "$ns" qdisc del dev "$nsdev" root 2>/dev/null
         ip -n "$ns" link set dev "$nsdev" down 2>/dev/null
-        ip -n "$ns" link set dev "$nsdev" netns {home} name "$dev" 2>/dev/null
+        ip -n "$ns" link set dev "$nsdev" name "$tmp" 2>/dev/null
+        ip -n "$ns" link set dev "$tmp" netns {home} name "$dev" 2>/dev/null
         {{ ip addr replace "$addr" dev "$dev" && ip link set dev "$dev" up; }} ||
             echo "o7s-vm-test: could not give $dev its address $addr back" >&2
     done <"$base/nics"
@@ -1287,6 +1350,122 @@ mod tests {
         assert_eq!(h[0].get("port"), Some("2222"));
         assert_eq!(h[0].get("user"), Some("v"));
         assert_eq!(parse_ssh_config("").unwrap(), vec![]);
+        assert_eq!(
+            parse_ssh_config("Host a\n=x\n"),
+            Err(SshConfigError::MissingKey { line: 2 })
+        );
+        // What renders reads back, quotes and `=` included.
+        let hosts = parse_ssh_config(SSH_CONFIG).unwrap();
+        assert_eq!(parse_ssh_config(&render_ssh_config(&hosts)).unwrap(), hosts);
+        let odd = vec![SshHost {
+            name: "x y".into(),
+            options: vec![("k".into(), "=v".into()), ("q".into(), "\"v\"".into())],
+        }];
+        assert_eq!(parse_ssh_config(&render_ssh_config(&odd)).unwrap(), odd);
+    }
+
+    /// The fuzz seeds (real output of Vagrant 2.3.4 + vagrant-libvirt) pass the oracles and
+    /// parse to what they say.
+    #[test]
+    fn fuzz_seeds() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        let read = |p: &str| std::fs::read(seeds.join(p)).unwrap();
+        let config = read("ssh_config/libvirt-two-machines.txt");
+        fuzzing::ssh_config(&config);
+        let hosts = parse_ssh_config(std::str::from_utf8(&config).unwrap()).unwrap();
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(hosts.iter().all(|h| h.get("HostName").is_some()));
+        let status = read("vagrant_status/libvirt-two-running.txt");
+        fuzzing::status(&status);
+        let states = parse_status(&String::from_utf8_lossy(&status));
+        assert_eq!(states.get("a").map(String::as_str), Some("running"));
+        assert_eq!(states.get("b").map(String::as_str), Some("running"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ssh_config_parser_never_panics_and_round_trips(text in "(?s).{0,400}") {
+            fuzzing::ssh_config(text.as_bytes());
+        }
+
+        #[test]
+        fn ssh_config_lines_parse(
+            lines in proptest::collection::vec(
+                ("[A-Za-z][A-Za-z0-9]{0,12}", "[ \t=]{1,3}", "[ -~]{0,20}"),
+                0..12,
+            )
+        ) {
+            let text: String = std::iter::once("Host a\n".to_string())
+                .chain(lines.iter().map(|(k, sep, v)| format!("{k}{sep}{v}\n")))
+                .collect();
+            fuzzing::ssh_config(text.as_bytes());
+        }
+
+        #[test]
+        fn status_parser_never_panics_and_round_trips(text in "(?s).{0,400}") {
+            fuzzing::status(text.as_bytes());
+        }
+
+        #[test]
+        fn status_lines_are_found(
+            machines in proptest::collection::btree_map("[a-z][a-z0-9_-]{0,6}", "[ -~]{0,30}", 0..5)
+        ) {
+            let text: String = machines
+                .iter()
+                .map(|(m, s)| format!("1700000000,{m},state,{}\n", s.replace(',', "%!(VAGRANT_COMMA)")))
+                .collect();
+            let states = parse_status(&text);
+            let want: BTreeMap<String, String> = machines
+                .into_iter()
+                .map(|(m, s)| (m, s.replace("%!(VAGRANT_COMMA)", ",")))
+                .collect();
+            proptest::prop_assert_eq!(states, want);
+        }
+
+        #[test]
+        fn topology_mapping_is_consistent(
+            hosts in proptest::sample::subsequence(vec!["a", "b", "c", "d"], 0..=4),
+            links in proptest::collection::vec(
+                proptest::collection::vec(0usize..4, 1..4),
+                0..4,
+            )
+        ) {
+            let mut s = Scenario::new("p");
+            for h in &hosts {
+                s = s.host(h);
+            }
+            if hosts.is_empty() {
+                return Ok(());
+            }
+            for (i, ends) in links.iter().enumerate() {
+                let ends: Vec<(&str, String)> = ends
+                    .iter()
+                    .enumerate()
+                    .map(|(j, h)| (hosts[h % hosts.len()], format!("10.9.{i}.{j}/24")))
+                    .collect();
+                let refs: Vec<(&str, &str)> = ends.iter().map(|(h, a)| (*h, a.as_str())).collect();
+                s = s.link(&format!("l{i}"), &refs);
+            }
+            if let Ok(m) = map_topology(&s) {
+                let mut used = Vec::new();
+                for h in &s.hosts {
+                    let nics = &m[h];
+                    proptest::prop_assert_eq!(nics.len(), s.links_of(h).count());
+                    for (i, n) in nics.iter().enumerate() {
+                        proptest::prop_assert_eq!(&n.dev, &format!("eth{i}"));
+                        proptest::prop_assert_eq!(Some(n.dev.clone()), s.ifname(h, &s.links_of(h).nth(i).unwrap().1.name));
+                        let v = VAGRANT_LINKS.iter().find(|v| v.name == n.vagrant_link).unwrap();
+                        proptest::prop_assert!(v.ends.contains(&(h.as_str(), n.vagrant_addr)));
+                        used.push((h.clone(), n.vagrant_link));
+                    }
+                }
+                used.sort();
+                let before = used.len();
+                used.dedup();
+                proptest::prop_assert_eq!(before, used.len());
+            }
+        }
     }
 
     #[test]
@@ -1460,7 +1639,14 @@ mod tests {
         assert!(p.contains(&w));
         // The restore script is written before anything is moved, and sweeps the namespace.
         assert!(restore_script(&l).contains("ip netns pids \"$ns\""));
-        assert!(restore_script(&l).contains("netns 1 name \"$dev\""));
+        let r = restore_script(&l);
+        // Never moved back under its namespace name (`eth0` would look like the management NIC).
+        let rename = r.find("link set dev \"$nsdev\" name \"$tmp\"").unwrap();
+        assert!(
+            rename
+                < r.find("link set dev \"$tmp\" netns 1 name \"$dev\"")
+                    .unwrap()
+        );
     }
 
     #[test]
