@@ -1,0 +1,100 @@
+//! Liveness allocates nothing per packet or per timer: a keepalive frame's header written and
+//! classified (an empty SDU), and a table of 200 flows driven through 5 s of receptions,
+//! sends, keepalives, blocked keepalives and peer timeouts, all under a counting global
+//! allocator.
+//!
+//! This binary holds a single test so no other test thread allocates while counting.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use o7s_xdp_ipcp::Instant;
+use o7s_xdp_ipcp::RxAction;
+use o7s_xdp_ipcp::liveness::{Action, LivenessTable};
+use util::{Pair, RAW_QOS};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to `System`, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn liveness_does_not_allocate() {
+    let mut p = Pair::new();
+    let (ea, eb) = p.allocate(&[7; 32], RAW_QOS);
+    let mut keepalive = [0u8; 18];
+    let mut table = LivenessTable::default();
+    for i in 0..200u16 {
+        // Timeouts 0, 50, 100, … ms: some never act, some time out, all interleave.
+        table.insert(64 + i * 19, u32::from(i % 8) * 50, Instant::ZERO);
+    }
+
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut empties = 0;
+    for _ in 0..1000 {
+        p.a.write_header(ea, 0, &mut keepalive).expect("header");
+        match p.b.classify_rx(&keepalive) {
+            RxAction::Data { eid, payload } if eid == eb && payload.is_empty() => empties += 1,
+            other => panic!("a keepalive classified as {other:?}"),
+        }
+    }
+    let (mut keepalives, mut gone) = (0u32, 0u32);
+    for ms in 1..=5000u64 {
+        let now = Instant::from_millis(ms);
+        for i in (0..200u16).step_by(7) {
+            // A third of the flows hear their peer every 10 ms; some send data now and then.
+            if ms % 10 == 0 && i % 3 == 0 {
+                table.on_rx(64 + i * 19, now);
+            }
+            if ms % 37 == 0 {
+                table.on_tx(64 + i * 19, now);
+            }
+        }
+        while let Some((eid, action)) = table.next_due(now) {
+            match action {
+                Action::Keepalive if eid % 2 == 0 => {
+                    keepalives += 1;
+                    table.on_tx(eid, now);
+                }
+                Action::Keepalive => table.keepalive_blocked(eid, now),
+                Action::PeerGone => gone += 1,
+            }
+        }
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(empties, 1000);
+    assert!(
+        keepalives > 200 && gone > 50,
+        "{keepalives} keepalives, {gone} gone"
+    );
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "liveness allocated");
+}
