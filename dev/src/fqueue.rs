@@ -44,7 +44,8 @@
 //! [`FlowQueue::overflowed`]: read every flow of the set until it would block.
 //!
 //! Differences from the reference: the set is tied to the pool of the [`Client`] it was made
-//! with; a flow that is down (or whose peer is gone) when added gets its end event at once; and
+//! with ([`Client::pool`]: the shared pool, or the process's per-user pool, created there with
+//! that pool's owner and mode); a flow that is down (or whose peer is gone) when added gets its end event at once; and
 //! [`FlowSet::watch_writable`] (an o7s extension) asks for one [`FlowEvent::Writable`] when a
 //! full transmit ring gets room, which the async API builds on.
 
@@ -52,7 +53,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use o7s_pool::{Access, Event, EventSet, EventSetConfig, Pool, RingFlags, pool_name};
+use o7s_pool::{Event, EventSet, EventSetConfig, Pool, RingFlags};
 
 use crate::{Client, Flow, Result, lock};
 
@@ -224,11 +225,9 @@ impl FlowSet {
     /// A new, empty set for flows of `client`'s IRMd (`fset_create`). Fails with
     /// [`FlowSetError::TooManySets`] past [`MAX_SETS`] live sets in this process.
     pub fn new(client: &Client) -> Result<Self> {
-        let name = pool_name(
-            &crate::rundir::shm_prefix_for(client.rundir()),
-            Access::Shared,
-        );
-        let shared = process_set(client.inner.pool(&name)?)?;
+        // In the process's own pool (a per-user pool for an unprivileged process): the pool
+        // its flows' rings are in, and the one its peers can open.
+        let shared = process_set(client.inner.pool(client.pool())?)?;
         let queue = {
             let mut used = lock(&shared.used);
             let free = (!*used).trailing_zeros();

@@ -20,8 +20,15 @@
 //! peer is then the IPCP), blocking and non-blocking reads and writes with timeouts, zero-copy
 //! [`Flow::read_packet`] / [`Flow::write_packet`], flow sets and event queues ([`fqueue`]:
 //! `fset`/`fqueue`/`fevent`), and an async API on tokio ([`aio`], feature `tokio`). Not yet:
-//! flows through network IPCPs, FRCT (ordering, retransmission; `in_order` QoS is carried but
-//! not acted on), per-user pools, encryption, broadcast joins.
+//! FRCT (ordering, retransmission; `in_order` QoS is carried but not acted on), encryption,
+//! broadcast joins.
+//!
+//! **Pools.** The IRMd tells each process at its announce which packet pool it uses
+//! ([`Client::pool`]): the shared pool for root and members of group `ouroboros`, otherwise a
+//! pool of the process's own uid (mode 0600), so an ordinary user's packets are out of every
+//! other user's reach. A direct flow needs both processes in one pool (both privileged, or the
+//! same uid); between pools the IRMd refuses with [`ErrorCode::PoolMismatch`], and a flow
+//! through an IPCP (which copies between the pools) works instead.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -31,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use o7s_pool::Packet;
-use o7s_pool::Pool;
+use o7s_pool::{Access, Pool, pool_name};
 use o7s_proto::irm::{
     BindProcess, FlowAccept, FlowAlloc, FlowDealloc, ListFlows, ProcessAnnounce, ProcessExit,
     Request, ResponseKind, UnbindProcess,
@@ -164,9 +171,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A process announced to one IRMd: how many [`Client`]s share the announce, and the pool
+/// the IRMd gave it.
+#[derive(Debug)]
+struct Announced {
+    pid: u32,
+    socket: PathBuf,
+    clients: usize,
+    pool: String,
+    uid: u32,
+}
+
 /// Processes announced per (pid, IRMd socket), so that several [`Client`]s of one process
 /// announce once and say goodbye once, when the last goes.
-static ANNOUNCED: Mutex<Vec<(u32, PathBuf, usize)>> = Mutex::new(Vec::new());
+static ANNOUNCED: Mutex<Vec<Announced>> = Mutex::new(Vec::new());
 
 /// A connection to the IRMd, on behalf of this process. Creating one announces the process;
 /// dropping the last one (of this process, for this IRMd) says goodbye. Cheap to clone.
@@ -182,6 +200,10 @@ struct Inner {
     pid: u32,
     control: Mutex<irm::Client>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// The pool the IRMd gave this process.
+    pool: String,
+    /// Its owner: 0 for the shared pool, else this process's uid.
+    pool_uid: u32,
 }
 
 impl Client {
@@ -194,34 +216,68 @@ impl Client {
     /// Connects to the IRMd of a run directory and announces this process.
     pub fn connect_to(rundir: &Path) -> Result<Self> {
         let socket = rundir::socket_path(rundir);
-        let control = irm::Client::connect_socket(&socket)?;
+        let mut control = irm::Client::connect_socket(&socket)?;
         control.set_timeout(Some(CONTROL_TIMEOUT))?;
-        let inner = Inner {
-            rundir: rundir.to_owned(),
-            socket,
-            pid: std::process::id(),
-            control: Mutex::new(control),
-            pools: Mutex::new(HashMap::new()),
-        };
-        {
+        let pid = std::process::id();
+        let (pool, pool_uid) = {
             let mut announced = lock(&ANNOUNCED);
             let known = announced
                 .iter_mut()
-                .find(|(pid, s, _)| *pid == inner.pid && *s == inner.socket);
+                .find(|a| a.pid == pid && a.socket == socket);
             match known {
-                Some((_, _, count)) => *count += 1,
+                Some(a) => {
+                    a.clients += 1;
+                    (a.pool.clone(), a.uid)
+                }
                 None => {
-                    inner.call(ProcessAnnounce {
-                        pid: inner.pid,
+                    let answer = control.call_ok(ProcessAnnounce {
+                        pid,
                         program: program_name(),
                     })?;
-                    announced.push((inner.pid, inner.socket.clone(), 1));
+                    let (pool, uid) = match answer {
+                        ResponseKind::Announced(a) => (a.pool, a.uid),
+                        // An IRMd without per-user pools: everyone maps its shared pool.
+                        ResponseKind::Ok(_) => (
+                            pool_name(&rundir::shm_prefix_for(rundir), Access::Shared),
+                            0,
+                        ),
+                        other => return Err(Error::Unexpected(format!("{other:?}"))),
+                    };
+                    announced.push(Announced {
+                        pid,
+                        socket: socket.clone(),
+                        clients: 1,
+                        pool: pool.clone(),
+                        uid,
+                    });
+                    (pool, uid)
                 }
             }
-        }
+        };
+        let inner = Inner {
+            rundir: rundir.to_owned(),
+            socket,
+            pid,
+            control: Mutex::new(control),
+            pools: Mutex::new(HashMap::new()),
+            pool,
+            pool_uid,
+        };
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The packet pool the IRMd gave this process (its flows' rings and blocks, its flow
+    /// sets): the shared pool, or this uid's per-user pool.
+    pub fn pool(&self) -> &str {
+        &self.inner.pool
+    }
+
+    /// The owner of [`Client::pool`]: 0 for the shared pool, else this process's uid (a
+    /// per-user pool, as the reference's `uid` field).
+    pub fn pool_uid(&self) -> u32 {
+        self.inner.pool_uid
     }
 
     /// The run directory of the IRMd.
@@ -359,12 +415,12 @@ impl Drop for Inner {
         let mut announced = lock(&ANNOUNCED);
         let Some(i) = announced
             .iter()
-            .position(|(pid, s, _)| *pid == self.pid && *s == self.socket)
+            .position(|a| a.pid == self.pid && a.socket == self.socket)
         else {
             return;
         };
-        announced[i].2 -= 1;
-        if announced[i].2 == 0 {
+        announced[i].clients -= 1;
+        if announced[i].clients == 0 {
             announced.swap_remove(i);
             // Best effort: if the IRMd is gone there is nobody to tell, and it notices our
             // death through its pidfd anyway.

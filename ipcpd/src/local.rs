@@ -9,6 +9,14 @@
 //! (a deallocation or a death), the IPCP deallocates both of its ends, so the other
 //! application reads what was queued and then `FlowDown`.
 //!
+//! **Pools.** The two flows may live in different pools: an unprivileged application's rings
+//! are in its uid's per-user pool (`IpcpFlowAlloc.pool`/`uid`, `FlowInfo.pool`/`uid`). Then
+//! the relays copy each SDU once into a block of the other pool ([`relay_copy`]), as the
+//! reference's IPCPs copy between an application's pool and the global one; within one pool
+//! they move block indices. The IPCP maps a per-user pool while one of its joints uses it and
+//! lets go of it afterwards (the IRMd destroys it once nobody uses it, and a later pool of the
+//! same name is a new object).
+//!
 //! The IRMds' OAP headers pass through untouched: the allocating side's request goes into
 //! `FlowReqArrived`, the accepting side's response (in its answer) back as the answer to
 //! `IpcpFlowAlloc`. The layer adds no SDU limit of its own (the pool's blocks are the limit).
@@ -24,7 +32,7 @@ use o7s_proto::irm::{
     ResponseKind,
 };
 
-use crate::runtime::{Error, Handler, Irm, RelayEnd, relay};
+use crate::runtime::{CopyStats, Error, Handler, Irm, RelayEnd, relay, relay_copy};
 
 /// How often a relay checks whether it should stop.
 const RELAY_POLL: Duration = Duration::from_millis(200);
@@ -47,6 +55,10 @@ struct Joint {
     app: u32,
     peer: u32,
     down: AtomicBool,
+    /// The pools of the two flows' rings (the same name twice when they share one).
+    pools: [String; 2],
+    /// SDUs copied between the pools (when they differ).
+    copies: CopyStats,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +67,8 @@ struct State {
     registered: BTreeSet<Vec<u8>>,
     /// By the application flow's id.
     joints: HashMap<u32, Arc<Joint>>,
-    pools: HashMap<String, Arc<Pool>>,
+    /// The pools mapped, with how many uses (flow ends being set up or joined) hold each.
+    pools: HashMap<String, (Arc<Pool>, usize)>,
 }
 
 /// The local IPCP's request handler.
@@ -68,22 +81,40 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::error(code, message)
 }
 
+/// A refusal not yet turned into a response.
+fn no(code: ErrorCode, message: impl Into<String>) -> (ErrorCode, String) {
+    (code, message.into())
+}
+
 impl Local {
     /// A local IPCP not yet bootstrapped.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn pool(&self, name: &str) -> Result<Arc<Pool>, String> {
+    /// The pool of that name, mapped once and held for one more use (see [`Local::release`]).
+    fn acquire(&self, name: &str) -> Result<Arc<Pool>, String> {
         let mut st = lock(&self.state);
-        if let Some(p) = st.pools.get(name) {
+        if let Some((p, uses)) = st.pools.get_mut(name) {
+            *uses += 1;
             return Ok(p.clone());
         }
         let pool = Pool::open(name)
             .map(Arc::new)
             .map_err(|e| format!("cannot open pool {name:?}: {e}"))?;
-        st.pools.insert(name.to_owned(), pool.clone());
+        st.pools.insert(name.to_owned(), (pool.clone(), 1));
         Ok(pool)
+    }
+
+    /// One use of pool `name` less; the last one unmaps it (once the relays holding it end).
+    fn release(&self, name: &str) {
+        let mut st = lock(&self.state);
+        if let Some((_, uses)) = st.pools.get_mut(name) {
+            *uses -= 1;
+            if *uses == 0 {
+                st.pools.remove(name);
+            }
+        }
     }
 
     fn flow_alloc(self: &Arc<Self>, irm: &Arc<Irm>, r: IpcpFlowAlloc) -> Response {
@@ -99,18 +130,32 @@ impl Local {
                 );
             }
         }
-        let pool = match self.pool(&r.pool) {
+        let pool = match self.acquire(&r.pool) {
             Ok(p) => p,
             Err(e) => return refuse(ErrorCode::Internal, e),
         };
+        self.join(irm, &r, &pool).unwrap_or_else(|(code, message)| {
+            self.release(&r.pool);
+            refuse(code, message)
+        })
+    }
+
+    /// Raises the flow request for `r` (whose rings are in `pool`) and joins the answer's flow
+    /// to it. `Err`: refused before a joint took over the use of `pool`.
+    fn join(
+        self: &Arc<Self>,
+        irm: &Arc<Irm>,
+        r: &IpcpFlowAlloc,
+        pool: &Arc<Pool>,
+    ) -> Result<Response, (ErrorCode, String)> {
         if let Err(e) = pool
             .ring_reader(r.rx_ring)
             .and_then(|_| pool.ring_writer(r.tx_ring).map(drop))
         {
-            return refuse(
+            return Err(no(
                 ErrorCode::InvalidArgument,
                 format!("flow {}: rings not ours: {e}", r.flow_id),
-            );
+            ));
         }
         let timeout = Duration::from_millis(r.timeout_ms.into());
         let answer = irm.call_ok(
@@ -126,43 +171,50 @@ impl Local {
         let info = match answer {
             Ok(Some(ResponseKind::Flow(info))) => info,
             Ok(other) => {
-                return refuse(
+                return Err(no(
                     ErrorCode::Internal,
                     format!("unexpected answer to FlowReqArrived: {other:?}"),
-                );
+                ));
             }
-            Err(Error::Refused { code, message, .. }) => return refuse(code, message),
-            Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
+            Err(Error::Refused { code, message, .. }) => return Err(no(code, message)),
+            Err(e) => return Err(no(ErrorCode::Internal, e.to_string())),
         };
-        if info.pool != r.pool {
-            // Both applications map the shared pool today; per-user pools would need a copy.
-            let _ = irm.call(
-                FlowDealloc {
-                    flow_id: info.flow_id,
-                },
-                DEALLOC_TIMEOUT,
-            );
-            return refuse(
-                ErrorCode::NotSupported,
-                format!(
-                    "the two ends use different pools ({:?}, {:?})",
-                    r.pool, info.pool
-                ),
-            );
-        }
+        let peer_pool = match self.acquire(&info.pool) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = irm.call(
+                    FlowDealloc {
+                        flow_id: info.flow_id,
+                    },
+                    DEALLOC_TIMEOUT,
+                );
+                return Err(no(ErrorCode::Internal, e));
+            }
+        };
         let joint = Arc::new(Joint {
             app: r.flow_id,
             peer: info.flow_id,
             down: AtomicBool::new(false),
+            pools: [r.pool.clone(), info.pool.clone()],
+            copies: CopyStats::default(),
         });
         lock(&self.state).joints.insert(r.flow_id, joint.clone());
+        let copy = r.pool != info.pool;
         // app → peer: the IPCP reads the app flow's rx ring and writes the peer flow's tx.
-        for (from, to) in [(r.rx_ring, info.tx_ring), (info.rx_ring, r.tx_ring)] {
-            let (me, irm2, pool, j) = (self.clone(), irm.clone(), pool.clone(), joint.clone());
+        for ((src, from), (dst, to)) in [
+            ((pool, r.rx_ring), (&peer_pool, info.tx_ring)),
+            ((&peer_pool, info.rx_ring), (pool, r.tx_ring)),
+        ] {
+            let (me, irm2, j) = (self.clone(), irm.clone(), joint.clone());
+            let (src, dst) = (src.clone(), dst.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("relay-{}", j.app))
                 .spawn(move || {
-                    let end = relay(&pool, from, to, &j.down, RELAY_POLL);
+                    let end = if copy {
+                        relay_copy((&src, from), (&dst, to), &j.down, RELAY_POLL, &j.copies)
+                    } else {
+                        relay(&src, from, to, &j.down, RELAY_POLL)
+                    };
                     me.tear_down(&irm2, &j, &end);
                 });
             if let Err(e) = spawned {
@@ -171,18 +223,29 @@ impl Local {
                     &joint,
                     &RelayEnd::Flow(format!("no relay thread: {e}")),
                 );
-                return refuse(ErrorCode::Busy, format!("no relay thread: {e}"));
+                // The joint's teardown let go of the pools.
+                return Ok(refuse(ErrorCode::Busy, format!("no relay thread: {e}")));
             }
         }
         eprintln!(
-            "ipcpd-local: flow {} (pid {}) joined to flow {} (pid {})",
-            r.flow_id, r.n_pid, info.flow_id, info.n_1_pid
+            "ipcpd-local: flow {} (pid {}, pool {:?}) joined to flow {} (pid {}, pool {:?}){}",
+            r.flow_id,
+            r.n_pid,
+            r.pool,
+            info.flow_id,
+            info.n_1_pid,
+            info.pool,
+            if copy {
+                ", copying between the pools"
+            } else {
+                ""
+            }
         );
-        ResponseKind::IpcpFlow(IpcpFlowReply {
+        Ok(ResponseKind::IpcpFlow(IpcpFlowReply {
             piggyback: info.piggyback,
             max_sdu: None,
         })
-        .into()
+        .into())
     }
 
     /// The IRMd ended flow `flow_id` of `joint`. It flagged the flow's rings down before
@@ -215,9 +278,14 @@ impl Local {
             return;
         }
         lock(&self.state).joints.remove(&joint.app);
+        for pool in &joint.pools {
+            self.release(pool);
+        }
         eprintln!(
-            "ipcpd-local: flows {} and {} end ({why:?})",
-            joint.app, joint.peer
+            "ipcpd-local: flows {} and {} end ({why:?}; {} SDUs copied)",
+            joint.app,
+            joint.peer,
+            joint.copies.copied.load(Ordering::Relaxed)
         );
         for flow_id in [joint.app, joint.peer] {
             if let Err(e) = irm.call_ok(FlowDealloc { flow_id }, DEALLOC_TIMEOUT) {

@@ -5,6 +5,11 @@
 //! its own by the [`Handler`] (so a flow allocation waiting for its layer holds nothing up),
 //! and its response goes back with the request's id. The IPCP's own requests ([`Irm::call`])
 //! go on the same connection; their responses are matched by id.
+//!
+//! Relays join two flow rings: [`relay`] moves block indices within one pool (no copy);
+//! [`relay_copy`] copies each SDU into a block of another pool (an unprivileged application's
+//! per-user pool on one side, as the reference's IPCPs copy between the app's pool and the
+//! global one).
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -16,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use o7s_pool::{Error as PoolError, Pool};
+use o7s_pool::{Error as PoolError, Packet, Pool, RingWriter};
 use o7s_proto::irm::{
     Body, Codec, Envelope, ErrorCode, FrameDecoder, FrameError, IpcpHello, IpcpType, Request,
     RequestKind, Response, ResponseKind,
@@ -262,23 +267,185 @@ pub fn relay(pool: &Pool, from: u32, to: u32, stop: &AtomicBool, poll: Duration)
         if stop.load(Ordering::Acquire) {
             return RelayEnd::Stopped;
         }
-        let mut packet = match reader.read(Some(poll)) {
+        let packet = match reader.read(Some(poll)) {
             Ok(p) => p,
             Err(PoolError::TimedOut { .. } | PoolError::WouldBlock { .. }) => continue,
             Err(e) => return RelayEnd::Flow(e.to_string()),
         };
-        loop {
-            match writer.write(packet, Some(poll)) {
-                Ok(()) => break,
-                Err((p, PoolError::TimedOut { .. } | PoolError::WouldBlock { .. })) => {
+        if let Err(end) = forward(&writer, packet, stop, poll) {
+            return end;
+        }
+    }
+}
+
+/// Writes `packet` on `writer`, waiting for room (checking `stop` every `poll`).
+fn forward<'p>(
+    writer: &RingWriter<'p>,
+    mut packet: Packet<'p>,
+    stop: &AtomicBool,
+    poll: Duration,
+) -> Result<(), RelayEnd> {
+    loop {
+        match writer.write(packet, Some(poll)) {
+            Ok(()) => return Ok(()),
+            Err((p, PoolError::TimedOut { .. } | PoolError::WouldBlock { .. })) => {
+                if stop.load(Ordering::Acquire) {
+                    return Err(RelayEnd::Stopped);
+                }
+                packet = p;
+            }
+            // The packet goes back to the pool as it drops.
+            Err((_p, e)) => return Err(RelayEnd::Flow(e.to_string())),
+        }
+    }
+}
+
+/// Counters of a copying relay.
+#[derive(Debug, Default)]
+pub struct CopyStats {
+    /// SDUs copied into the destination pool.
+    pub copied: AtomicU64,
+    /// SDUs larger than any block of the destination pool: dropped (and logged).
+    pub too_large: AtomicU64,
+}
+
+/// Moves SDUs from ring `from` of pool `src` to ring `to` of another pool `dst` (an
+/// application's per-user pool and the other end's pool): each SDU is copied once into a
+/// block of `dst` (with `dst`'s head- and tailroom), and its `src` block released. Waits for a
+/// free block and for ring room, never drops, except an SDU larger than `dst`'s largest block,
+/// which is counted in `stats` and logged. Ends like [`relay`]. Allocates nothing but pool
+/// blocks.
+pub fn relay_copy(
+    (src, from): (&Pool, u32),
+    (dst, to): (&Pool, u32),
+    stop: &AtomicBool,
+    poll: Duration,
+    stats: &CopyStats,
+) -> RelayEnd {
+    let (reader, writer) = match (src.ring_reader(from), dst.ring_writer(to)) {
+        (Ok(r), Ok(w)) => (r, w),
+        (Err(e), _) | (_, Err(e)) => return RelayEnd::Flow(e.to_string()),
+    };
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return RelayEnd::Stopped;
+        }
+        let packet = match reader.read(Some(poll)) {
+            Ok(p) => p,
+            Err(PoolError::TimedOut { .. } | PoolError::WouldBlock { .. }) => continue,
+            Err(e) => return RelayEnd::Flow(e.to_string()),
+        };
+        let copy = loop {
+            match dst.alloc(packet.len(), Some(poll)) {
+                Ok(c) => break Some(c),
+                Err(PoolError::TimedOut { .. } | PoolError::WouldBlock { .. }) => {
                     if stop.load(Ordering::Acquire) {
                         return RelayEnd::Stopped;
                     }
-                    packet = p;
                 }
-                // The packet goes back to the pool as it drops.
-                Err((_p, e)) => return RelayEnd::Flow(e.to_string()),
+                Err(PoolError::TooLarge { len, max }) => {
+                    let n = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+                    eprintln!(
+                        "ipcpd: an SDU of {len} bytes does not fit in pool {:?} (at most {max}): \
+                         dropped ({n} so far)",
+                        dst.name()
+                    );
+                    break None;
+                }
+                Err(e) => return RelayEnd::Flow(e.to_string()),
             }
+        };
+        let Some(mut copy) = copy else {
+            continue;
+        };
+        copy.data_mut().copy_from_slice(packet.data());
+        drop(packet);
+        stats.copied.fetch_add(1, Ordering::Relaxed);
+        if let Err(end) = forward(&writer, copy, stop, poll) {
+            return end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use o7s_pool::{Access, PoolConfig, RingFlags};
+
+    /// A pool object of this test, unlinked on drop.
+    struct TestPool(Pool);
+
+    impl TestPool {
+        fn new(tag: &str, config: &PoolConfig) -> Self {
+            let name = format!("o7s-ipcpd-unit-{}-{tag}", std::process::id());
+            let _ = Pool::unlink(&name);
+            Self(Pool::create(&name, config, Access::Shared).expect("create pool"))
+        }
+    }
+
+    impl Drop for TestPool {
+        fn drop(&mut self) {
+            let _ = Pool::unlink(self.0.name());
+        }
+    }
+
+    #[test]
+    fn relay_copy_puts_each_sdu_in_a_block_of_the_other_pool() {
+        let src = TestPool::new("src", &PoolConfig::small());
+        // No 64 KiB class: an SDU of 5000 bytes fits no block of it.
+        let mut small = PoolConfig::small();
+        small.classes.retain(|k| k.block_size <= 4096);
+        let dst = TestPool::new("dst", &small);
+        let (src, dst) = (&src.0, &dst.0);
+        let me = std::process::id();
+        let from = src.ring_create(me, me).expect("ring");
+        let to = dst.ring_create(me, me).expect("ring");
+        let sdu = |i: usize| -> Vec<u8> { (0..(i * 37) % 3000).map(|b| (b + i) as u8).collect() };
+        {
+            let w = src.ring_writer(from).expect("writer");
+            for i in 0..100 {
+                if i == 50 {
+                    let big = src.try_alloc(5000).expect("a 64 KiB block");
+                    w.try_write(big).map_err(|(_, e)| e).expect("write");
+                }
+                let mut p = src.try_alloc(sdu(i).len()).expect("alloc");
+                p.data_mut().copy_from_slice(&sdu(i));
+                w.try_write(p).map_err(|(_, e)| e).expect("write");
+            }
+        }
+        src.ring_set_flags(from, RingFlags::FLOW_DOWN)
+            .expect("flag");
+        let stats = CopyStats::default();
+        let stop = AtomicBool::new(false);
+        let end = relay_copy(
+            (src, from),
+            (dst, to),
+            &stop,
+            Duration::from_millis(50),
+            &stats,
+        );
+        assert!(
+            matches!(end, RelayEnd::Flow(_)),
+            "ends with the flow: {end:?}"
+        );
+        assert_eq!(stats.copied.load(Ordering::Relaxed), 100);
+        assert_eq!(stats.too_large.load(Ordering::Relaxed), 1);
+        let r = dst.ring_reader(to).expect("reader");
+        for i in 0..100 {
+            let p = r.try_read().expect("copied SDU");
+            assert!(std::ptr::eq(p.pool(), dst));
+            assert_eq!(p.data(), &sdu(i)[..], "SDU {i}");
+            assert!(p.headroom() >= 256, "the destination pool's headroom");
+        }
+        assert!(r.try_read().is_err(), "nothing more");
+        for pool in [src, dst] {
+            let report = pool.verify();
+            assert!(report.is_ok(), "{:?}", report.problems);
+            assert_eq!(
+                (report.owned, report.queued),
+                (0, 0),
+                "every block back: {report:?}"
+            );
         }
     }
 }

@@ -9,6 +9,9 @@
 //! host: ring `a2b` (A writes, B reads) and ring `b2a`. Each end is [`EndState::Active`] until
 //! its process deallocates (or says goodbye) or dies; the rings are destroyed once neither end
 //! is active.
+//!
+//! A flow's rings live in one pool ([`Flow::pool`]): the shared pool, or the per-user pool of
+//! its application ends (see [`crate::pools`]).
 
 use std::collections::BTreeMap;
 
@@ -71,6 +74,10 @@ pub struct Flow {
     /// The largest SDU the flow carries, as the IPCP at one end reported it (`None`: no limit
     /// but the pool's).
     pub max_sdu: Option<u32>,
+    /// The pool of its rings.
+    pub pool: String,
+    /// The pool's owner: [`crate::pools::SHARED`] or the uid of a per-user pool.
+    pub uid: u32,
 }
 
 impl Flow {
@@ -91,7 +98,17 @@ impl Flow {
             a2b,
             b2a,
             max_sdu: None,
+            pool: String::new(),
+            uid: crate::pools::SHARED,
         }
+    }
+
+    /// The flow with its rings in pool `name` of owner `uid`.
+    #[must_use]
+    pub fn in_pool(mut self, name: &str, uid: u32) -> Self {
+        name.clone_into(&mut self.pool);
+        self.uid = uid;
+        self
     }
 
     /// The end on `side`.
@@ -123,8 +140,8 @@ impl Flow {
         !self.alloc.is_active() && !self.accept.is_active()
     }
 
-    /// What one end is told: its rings the right way round and its peer.
-    pub fn info_for(&self, side: Side, pool: &str) -> FlowInfo {
+    /// What one end is told: its rings (in [`Flow::pool`]) the right way round and its peer.
+    pub fn info_for(&self, side: Side) -> FlowInfo {
         let (me, peer, tx_ring, rx_ring) = match side {
             Side::Alloc => (&self.alloc, &self.accept, self.a2b, self.b2a),
             Side::Accept => (&self.accept, &self.alloc, self.b2a, self.a2b),
@@ -135,7 +152,7 @@ impl Flow {
             n_1_pid: peer.pid,
             mpl: DIRECT_MPL,
             qos: Some(self.qos.clone()),
-            pool: pool.to_owned(),
+            pool: self.pool.clone(),
             tx_ring,
             rx_ring,
             name: self.name.clone(),
@@ -143,6 +160,7 @@ impl Flow {
             n_1_state: peer.state.into(),
             max_sdu: self.max_sdu,
             piggyback: Vec::new(),
+            uid: self.uid,
         }
     }
 }
@@ -294,6 +312,15 @@ impl FlowTable {
         self.accepts.push(accept);
     }
 
+    /// The pid of a waiting accept [`FlowTable::take_acceptor`] would consider for `dst` if
+    /// `bound` were its only condition (to tell "nobody accepts" from "nobody fits").
+    pub fn acceptor_for(&self, dst: &str, bound: impl Fn(u32) -> bool) -> Option<u32> {
+        self.accepts
+            .iter()
+            .find(|a| bound(a.pid) && a.name.as_deref().is_none_or(|n| n == dst))
+            .map(|a| a.pid)
+    }
+
     /// Takes the oldest waiting allocation an accept can serve: to `name` if given, else to
     /// any name the accepting process is bound to (`bound`).
     pub fn take_alloc(
@@ -407,12 +434,12 @@ impl FlowTable {
     }
 
     /// Every flow, by id, as seen from its allocating end.
-    pub fn list(&self, pool: &str) -> FlowList {
+    pub fn list(&self) -> FlowList {
         FlowList {
             flows: self
                 .flows
                 .values()
-                .map(|f| f.info_for(Side::Alloc, pool))
+                .map(|f| f.info_for(Side::Alloc))
                 .collect(),
         }
     }
@@ -424,13 +451,10 @@ mod test {
 
     fn flow(t: &mut FlowTable, a: u32, b: u32) -> u32 {
         let id = t.free_id().unwrap();
-        t.insert(Flow::new(
-            id,
-            "n",
-            QosSpec::default(),
-            (a, b),
-            (id * 2, id * 2 + 1),
-        ));
+        t.insert(
+            Flow::new(id, "n", QosSpec::default(), (a, b), (id * 2, id * 2 + 1))
+                .in_pool("p.pup.7", 7),
+        );
         id
     }
 
@@ -467,6 +491,21 @@ mod test {
     }
 
     #[test]
+    fn an_acceptor_that_does_not_fit_is_seen_but_not_taken() {
+        let mut t = FlowTable::new();
+        t.wait_accept(10, Some("other"), 1);
+        t.wait_accept(11, None, 1);
+        assert_eq!(t.acceptor_for("n", |_| true), Some(11));
+        assert_eq!(t.acceptor_for("other", |_| true), Some(10));
+        assert!(
+            t.take_acceptor("n", |p| p != 11, LbPolicy::RoundRobin)
+                .is_none()
+        );
+        assert_eq!(t.acceptor_for("n", |p| p == 11), Some(11));
+        assert_eq!(t.waiting(), (2, 0), "nothing was taken");
+    }
+
+    #[test]
     fn allocations_wait_in_order_and_are_cancelled_by_pid_or_connection() {
         let mut t = FlowTable::new();
         let a = t.wait_alloc(1, "x", QosSpec::default(), None, 7);
@@ -498,7 +537,7 @@ mod test {
             [f1, f2],
             "a process at both ends finishes the flow alone"
         );
-        assert!(t.list("p").flows.is_empty());
+        assert!(t.list().flows.is_empty());
     }
 
     #[test]
@@ -508,14 +547,15 @@ mod test {
         let a = flow(&mut t, 1, 2);
         assert_eq!(a, MAX_FLOW_ID);
         assert_eq!(t.free_id(), Some(1));
-        let info = t.get(a).unwrap().info_for(Side::Accept, "pool");
+        let info = t.get(a).unwrap().info_for(Side::Accept);
         assert_eq!((info.n_pid, info.n_1_pid), (2, 1));
+        assert_eq!((info.pool.as_str(), info.uid), ("p.pup.7", 7));
         assert_eq!((info.tx_ring, info.rx_ring), (a * 2 + 1, a * 2));
         assert_eq!(info.max_sdu, None);
         t.set_max_sdu(a, Some(1496));
         let f = t.get(a).unwrap();
         for side in [Side::Alloc, Side::Accept] {
-            assert_eq!(f.info_for(side, "pool").max_sdu, Some(1496));
+            assert_eq!(f.info_for(side).max_sdu, Some(1496));
         }
     }
 

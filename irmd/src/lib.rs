@@ -12,15 +12,17 @@
 //! * [`flows`]: the flow table and the accepts and allocations waiting for each other.
 //! * [`oap`]: the OAP flow allocation handshake (request, freshness and replay checks,
 //!   response), without cryptography yet.
+//! * [`pools`]: the shared pool and the per-user pools of unprivileged uids, and which pool a
+//!   flow's rings go in.
 //!
 //! Clients talk to it with `o7s::irm::Client` (the application library's blocking client).
 //!
 //! IPCPs are processes the IRMd spawns (`ipcpd-local` today) and supervises (pidfd); names
 //! registered in them are hashed (SHA3) and forwarded. A flow to a name registered in an
 //! operational IPCP goes through that IPCP; any other name gets a *direct local flow* (both ends
-//! on this host, two rings in the shared pool, no IPCP). See `server`'s `ipcps` module. Not
-//! implemented yet: other IPCP types, enrollment, per-user pools, OAP's
-//! cryptography (authentication, key exchange, encryption).
+//! on this host, two rings in their common pool, no IPCP). See `server`'s `ipcps` module. Not
+//! implemented yet: other IPCP types, enrollment, OAP's cryptography (authentication, key
+//! exchange, encryption).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod config;
 pub mod flows;
 pub mod lock;
 pub mod oap;
+pub mod pools;
 pub mod registry;
 pub mod server;
 

@@ -498,13 +498,20 @@ impl Registry {
     }
 
     /// Takes the waiting accept that gets a flow to `dst`, by the name's load-balancing
-    /// policy, among processes bound to `dst`.
-    pub fn take_acceptor(&mut self, dst: &str) -> Option<AcceptWait> {
+    /// policy, among processes bound to `dst` for which `fits` holds (those whose pool the
+    /// allocating side can share).
+    pub fn take_acceptor(&mut self, dst: &str, fits: impl Fn(u32) -> bool) -> Option<AcceptWait> {
         let name = self.names.get(dst)?;
         let lb = name.lb;
         let bound = &name.processes;
         self.flows
-            .take_acceptor(dst, |pid| bound.contains(&pid), lb)
+            .take_acceptor(dst, |pid| bound.contains(&pid) && fits(pid), lb)
+    }
+
+    /// A process bound to `dst` waiting to accept a flow for it, whether it fits or not.
+    pub fn acceptor_for(&self, dst: &str) -> Option<u32> {
+        let bound = &self.names.get(dst)?.processes;
+        self.flows.acceptor_for(dst, |pid| bound.contains(&pid))
     }
 
     /// Takes the oldest waiting allocation process `pid` can accept (for `name`, or for any

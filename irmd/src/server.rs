@@ -12,11 +12,16 @@
 //! Announced processes are watched with a pidfd registered in the runtime's epoll: the IRMd
 //! learns of a death when it happens, without polling, removes the process and reclaims its
 //! pool blocks.
+//!
+//! Pools ([`crate::pools`]): an announced process is told its pool, the shared one or its
+//! uid's per-user pool (created then); a flow's rings go in the pool of its application ends,
+//! and a direct flow between two pools is refused (`PoolMismatch`). A per-user pool is
+//! destroyed once its uid's last process is dead (and reclaimed) and no flow has rings in it.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,8 +29,9 @@ use std::time::Duration;
 
 use o7s_pool::{Access, Pool, PoolConfig, pool_name};
 use o7s_proto::irm::{
-    Body, Codec, EndState, Envelope, ErrorCode, FlowAccept, FlowAlloc, FlowInfo, FrameDecoder,
-    FrameError, ProcessAnnounce, QosSpec, Request, RequestKind, Response, ResponseKind,
+    AnnounceReply, Body, Codec, EndState, Envelope, ErrorCode, FlowAccept, FlowAlloc, FlowInfo,
+    FrameDecoder, FrameError, ProcessAnnounce, QosSpec, Request, RequestKind, Response,
+    ResponseKind,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +44,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::flows::{Flow, Side};
 use crate::lock::{LockError, Lockfile};
+use crate::pools::{Creds, Pools};
 use crate::registry::{Refusal, Registry, check_name};
 
 mod autostart;
@@ -143,7 +150,15 @@ pub struct Irmd {
 #[derive(Debug)]
 struct State {
     registry: Mutex<Registry>,
+    /// The shared pool.
     pool: Arc<Pool>,
+    /// Every pool, and who uses the per-user ones. Locked after the registry, never while
+    /// awaiting.
+    pools: Mutex<Pools>,
+    /// The IRMd's effective uid (its processes share its pool).
+    euid: u32,
+    /// The gid of group `ouroboros`, if it exists.
+    shared_gid: Option<u32>,
     /// Per watched pid: the incarnation watched and the watcher task.
     watchers: Mutex<HashMap<u32, (u64, AbortHandle)>>,
     /// Per waiting flow request (token of the registry's flow table): where its answer goes.
@@ -174,6 +189,17 @@ impl State {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pools(&self) -> MutexGuard<'_, Pools> {
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pool of owner `uid` (the shared pool for [`crate::pools::SHARED`]), if it exists.
+    fn pool_of(&self, uid: u32) -> Option<Arc<Pool>> {
+        self.pools().get(uid)
     }
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<u32, (u64, AbortHandle)>> {
@@ -281,12 +307,20 @@ impl Irmd {
         info!(socket = %socket.display(), pid = std::process::id(), "irmd listening");
         let rundir =
             std::path::absolute(&options.rundir).unwrap_or_else(|_| options.rundir.clone());
+        let pools = Pools::new(
+            &options.shm_prefix,
+            pool.clone(),
+            PoolConfig::per_user_default(),
+        );
         Ok(Self {
             options,
             lock,
             listener,
             state: Arc::new(State {
                 registry: Mutex::new(registry),
+                pools: Mutex::new(pools),
+                euid: rustix::process::geteuid().as_raw(),
+                shared_gid: o7s_pool::shared_group_gid(),
                 pool,
                 watchers: Mutex::new(HashMap::new()),
                 waiters: Mutex::new(HashMap::new()),
@@ -340,6 +374,9 @@ impl Irmd {
         let pool = self.state.pool.name().to_owned();
         if let Err(e) = Pool::unlink(&pool) {
             warn!(pool = %pool, "cannot unlink the pool: {e}");
+        }
+        for name in self.state.pools().unlink_all() {
+            info!(pool = %name, "per-user pool removed");
         }
         let lock = self.lock.path().to_owned();
         if let Err(e) = self.lock.release() {
@@ -541,7 +578,9 @@ async fn dispatch(
         RequestKind::UnbindProcess(r) => {
             ok(state.registry().unbind_process(r.pid, r.name.as_deref()))
         }
-        RequestKind::ProcessAnnounce(r) => ok(announce(state, peer, &r)),
+        RequestKind::ProcessAnnounce(r) => {
+            announce(state, peer, &r).map(|a| ResponseKind::Announced(a).into())
+        }
         RequestKind::ProcessExit(r) => {
             authorize(peer, r.pid)?;
             let p = state.registry().remove_process(r.pid)?;
@@ -554,9 +593,7 @@ async fn dispatch(
         RequestKind::FlowAlloc(r) => flow_alloc(state, peer, conn, r).await,
         RequestKind::FlowAccept(r) => flow_accept(state, peer, conn, r).await,
         RequestKind::FlowDealloc(r) => ok(flow_dealloc(state, peer, r.flow_id)),
-        RequestKind::ListFlows(_) => {
-            Ok(ResponseKind::Flows(state.registry().flows.list(state.pool.name())).into())
-        }
+        RequestKind::ListFlows(_) => Ok(ResponseKind::Flows(state.registry().flows.list()).into()),
         RequestKind::IpcpStats(r) => ipcps::stats(state, r).await,
         RequestKind::ListProcesses(_) => {
             Ok(ResponseKind::Processes(state.registry().list_processes()).into())
@@ -601,8 +638,13 @@ fn authorize(peer: Option<UCred>, pid: u32) -> Result<(), Refusal> {
     }
 }
 
-/// Registers a process and starts watching it through a pidfd.
-fn announce(state: &Arc<State>, peer: Option<UCred>, r: &ProcessAnnounce) -> Result<(), Refusal> {
+/// Registers a process, gives it its pool (the shared pool, or its uid's per-user pool, made
+/// if needed), and starts watching it through a pidfd.
+fn announce(
+    state: &Arc<State>,
+    peer: Option<UCred>,
+    r: &ProcessAnnounce,
+) -> Result<AnnounceReply, Refusal> {
     if r.pid == 0 || r.pid > i32::MAX as u32 {
         return Err(Refusal::new(
             ErrorCode::InvalidArgument,
@@ -623,10 +665,42 @@ fn announce(state: &Arc<State>, peer: Option<UCred>, r: &ProcessAnnounce) -> Res
             format!("cannot watch pidfd of {}: {e}", r.pid),
         )
     })?;
-    let uid = std::fs::metadata(format!("/proc/{}", r.pid))
-        .ok()
-        .map(|m| m.uid());
-    let generation = state.registry().announce(r.pid, &r.program, uid);
+    // The pidfd is open: the pid cannot be reused from here on, so /proc speaks of it.
+    let creds = Creds::of_pid(r.pid).map_err(|e| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("cannot tell who process {} is: {e}", r.pid),
+        )
+    })?;
+    let uid = creds.uid;
+    let home = if creds.privileged(state.euid, state.shared_gid) {
+        crate::pools::SHARED
+    } else {
+        uid
+    };
+    let attached = state.pools().attach(r.pid, home);
+    let (pool, destroyed) = attached.map_err(|e| {
+        warn!(pid = r.pid, uid, "{e}");
+        Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "process {} (uid {uid}) is not privileged (not root, not the irmd's uid, not in \
+                 group {}), so it needs a per-user pool, and {e}: run the irmd as root, or add \
+                 the user to group {}",
+                r.pid,
+                o7s_pool::SHARED_GROUP,
+                o7s_pool::SHARED_GROUP
+            ),
+        )
+    })?;
+    for name in destroyed {
+        info!(pool = %name, "per-user pool destroyed: its pid was reused");
+    }
+    let reply = AnnounceReply {
+        pool: pool.name().to_owned(),
+        uid: home,
+    };
+    let generation = state.registry().announce(r.pid, &r.program, Some(uid));
     let task = tokio::spawn(watch(state.clone(), r.pid, generation, watched));
     if let Some((_, old)) = state
         .watchers()
@@ -634,8 +708,8 @@ fn announce(state: &Arc<State>, peer: Option<UCred>, r: &ProcessAnnounce) -> Res
     {
         old.abort();
     }
-    info!(pid = r.pid, program = %r.program, ?uid, "process announced");
-    Ok(())
+    info!(pid = r.pid, program = %r.program, uid, pool = %reply.pool, "process announced");
+    Ok(reply)
 }
 
 fn open_pidfd(pid: u32) -> Result<OwnedFd, Refusal> {
@@ -683,11 +757,19 @@ async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<Owne
     // No new flow may reach it from here on; then its blocks and ring ends are reclaimed
     // (rings it was an end of get PEER_GONE) before any of its rings can be destroyed.
     cancel_waits(&state, |t| t.cancel_pid(pid));
-    let pool = state.pool.clone();
-    let reclaimed = tokio::task::spawn_blocking(move || pool.reclaim(pid))
-        .await
-        .unwrap_or(0);
+    // Every pool: an IPCP's rings and blocks may be in any per-user pool.
+    let pools = state.pools().all();
+    let reclaimed = tokio::task::spawn_blocking(move || {
+        pools.iter().map(|pool| pool.reclaim(pid)).sum::<usize>()
+    })
+    .await
+    .unwrap_or(0);
     end_process(&state, pid, EndState::Dead);
+    // Its blocks are back and its rings flagged: it no longer keeps its pool alive.
+    let destroyed = state.pools().detach(pid);
+    if let Some(name) = destroyed {
+        info!(pool = %name, pid, "per-user pool destroyed with its last process");
+    }
     match removed {
         Some(p) => info!(
             pid,
@@ -740,9 +822,41 @@ fn cancel_waits(state: &State, select: impl FnOnce(&mut crate::flows::FlowTable)
     }
 }
 
-/// Sets a flow up between an allocating and an accepting process: an id and two rings
-/// (`max_sdu`: the limit an IPCP at one end reported, if known yet). Call with the registry
-/// locked (the caller took both requests out of the waiting lists).
+/// The pool owner of a flow between `alloc` and `accept` ([`crate::pools::flow_pool`]), or
+/// the refusal that says why there is none.
+fn flow_pool(
+    state: &State,
+    reg: &crate::registry::Registry,
+    (alloc, accept): (u32, u32),
+    name: &str,
+) -> Result<u32, Refusal> {
+    let pools = state.pools();
+    let end = |pid| (pools.home_of(pid), reg.ipcp_by_pid(pid).is_some());
+    crate::pools::flow_pool(end(alloc), end(accept)).map_err(|m| {
+        let describe = |uid| {
+            if uid == crate::pools::SHARED {
+                format!("the shared pool {}", pools.name_of(uid))
+            } else {
+                format!("uid {uid}'s per-user pool {}", pools.name_of(uid))
+            }
+        };
+        Refusal::new(
+            ErrorCode::PoolMismatch,
+            format!(
+                "no direct flow to {name:?} between process {alloc} ({}) and process {accept} \
+                 ({}): a direct flow needs both ends in one packet pool (both privileged, or the \
+                 same uid). Register {name:?} in a local IPCP's layer (irm name register \
+                 {name} layer LAYER) and the IPCP copies between the pools",
+                describe(m.alloc),
+                describe(m.accept)
+            ),
+        )
+    })
+}
+
+/// Sets a flow up between an allocating and an accepting process: an id and two rings in
+/// their pool (`max_sdu`: the limit an IPCP at one end reported, if known yet). Call with the
+/// registry locked (the caller took both requests out of the waiting lists).
 fn create_flow(
     state: &State,
     reg: &mut crate::registry::Registry,
@@ -752,11 +866,17 @@ fn create_flow(
     max_sdu: Option<u32>,
 ) -> Result<Flow, Refusal> {
     let busy = |what: String| Refusal::new(ErrorCode::Busy, what);
+    let uid = flow_pool(state, reg, (alloc, accept), name)?;
     let id = reg
         .flows
         .free_id()
         .ok_or_else(|| busy("every flow id is in use".into()))?;
-    let pool = &state.pool;
+    let pool = state.pool_of(uid).ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("the per-user pool of uid {uid} is gone"),
+        )
+    })?;
     let a2b = pool
         .ring_create(alloc, accept)
         .map_err(|e| busy(format!("cannot create a flow ring: {e}")))?;
@@ -767,22 +887,41 @@ fn create_flow(
             return Err(busy(format!("cannot create a flow ring: {e}")));
         }
     };
-    let mut flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a));
+    let mut flow = Flow::new(id, name, qos, (alloc, accept), (a2b, b2a)).in_pool(pool.name(), uid);
     flow.max_sdu = max_sdu;
     reg.flows.insert(flow.clone());
-    info!(flow = id, name, alloc, accept, a2b, b2a, "flow allocated");
+    state.pools().add_flow(uid, id);
+    info!(flow = id, name, alloc, accept, a2b, b2a, pool = %flow.pool, "flow allocated");
     Ok(flow)
 }
 
-/// Destroys a finished flow's rings (returning what was still queued on them).
-fn destroy_rings(state: &State, flow: &Flow) {
-    for ring in [flow.a2b, flow.b2a] {
-        match state.pool.ring_destroy(ring) {
-            Ok(freed) => debug!(flow = flow.id, ring, freed, "flow ring destroyed"),
-            Err(e) => warn!(flow = flow.id, ring, "cannot destroy flow ring: {e}"),
+/// Sets `flags` on both rings of a flow.
+fn flag_rings(state: &State, flow: &Flow, flags: u32) {
+    if let Some(pool) = state.pool_of(flow.uid) {
+        for ring in [flow.a2b, flow.b2a] {
+            let _ = pool.ring_set_flags(ring, flags);
         }
     }
+}
+
+/// Destroys a finished flow's rings (returning what was still queued on them); a per-user
+/// pool no longer used goes with them.
+fn destroy_rings(state: &State, flow: &Flow) {
+    match state.pool_of(flow.uid) {
+        Some(pool) => {
+            for ring in [flow.a2b, flow.b2a] {
+                match pool.ring_destroy(ring) {
+                    Ok(freed) => debug!(flow = flow.id, ring, freed, "flow ring destroyed"),
+                    Err(e) => warn!(flow = flow.id, ring, "cannot destroy flow ring: {e}"),
+                }
+            }
+        }
+        None => warn!(flow = flow.id, pool = %flow.pool, "the flow's pool is gone"),
+    }
     info!(flow = flow.id, "flow finished: rings destroyed");
+    if let Some(name) = state.pools().remove_flow(flow.uid, flow.id) {
+        info!(pool = %name, "per-user pool destroyed with its last flow");
+    }
 }
 
 /// Takes a flow out of the table and frees its rings (the waiting end it was meant for
@@ -912,7 +1051,19 @@ async fn alloc_direct(
                     ),
                 ));
             }
-            match reg.take_acceptor(&r.dst) {
+            let acceptor = {
+                let pools = state.pools();
+                let alloc_is_ipcp = reg.ipcp_by_pid(pid).is_some();
+                let home = pools.home_of(pid);
+                reg.take_acceptor(&r.dst, |p| alloc_is_ipcp || pools.home_of(p) == home)
+            };
+            if acceptor.is_none()
+                && let Some(other) = reg.acceptor_for(&r.dst)
+            {
+                // Someone accepts, but in another pool: say so now rather than time out.
+                flow_pool(state, &reg, (pid, other), &r.dst)?;
+            }
+            match acceptor {
                 Some(acceptor) => {
                     let flow = create_flow(
                         state,
@@ -943,9 +1094,8 @@ async fn alloc_direct(
                     return Err(refusal);
                 }
             };
-            let pool = state.pool.name();
-            if deliver(state, acceptor.token, Ok(flow.info_for(Side::Accept, pool))) {
-                return Ok(ResponseKind::Flow(flow.info_for(Side::Alloc, pool)).into());
+            if deliver(state, acceptor.token, Ok(flow.info_for(Side::Accept))) {
+                return Ok(ResponseKind::Flow(flow.info_for(Side::Alloc)).into());
             }
             debug!(flow = flow.id, "the acceptor vanished; trying another");
             undo_flow(state, flow.id);
@@ -1032,9 +1182,8 @@ async fn flow_accept(
                     continue;
                 }
             };
-            let pool = state.pool.name();
-            if deliver(state, alloc.token, Ok(flow.info_for(Side::Alloc, pool))) {
-                return Ok(ResponseKind::Flow(flow.info_for(Side::Accept, pool)).into());
+            if deliver(state, alloc.token, Ok(flow.info_for(Side::Alloc))) {
+                return Ok(ResponseKind::Flow(flow.info_for(Side::Accept)).into());
             }
             debug!(
                 flow = flow.id,
@@ -1063,7 +1212,7 @@ fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refus
         let Some(flow) = reg.flows.get(id) else {
             return Err(Refusal::new(ErrorCode::NotFound, format!("no flow {id}")));
         };
-        let (a2b, b2a) = (flow.a2b, flow.b2a);
+        let flow = flow.clone();
         let Some(side) = reg.flows.active_side(id, pid) else {
             let code = if flow.alloc.pid == pid || flow.accept.pid == pid {
                 ErrorCode::NotFound
@@ -1075,11 +1224,7 @@ fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refus
                 format!("process {pid} has no active end of flow {id}"),
             ));
         };
-        for ring in [a2b, b2a] {
-            let _ = state
-                .pool
-                .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
-        }
+        flag_rings(state, &flow, o7s_pool::RingFlags::FLOW_DOWN);
         let finished = reg.flows.end(id, side, EndState::Deallocated);
         let peers: Vec<u32> = reg.flows.get(id).map_or_else(Vec::new, |f| {
             f.active_peers_of(pid).map(|(_, end)| end.pid).collect()
@@ -1100,11 +1245,7 @@ fn end_process(state: &State, pid: u32, how: EndState) {
     let (touched, finished) = state.registry().flows.end_process(pid, how);
     if how == EndState::Deallocated {
         for flow in &touched {
-            for ring in [flow.a2b, flow.b2a] {
-                let _ = state
-                    .pool
-                    .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
-            }
+            flag_rings(state, flow, o7s_pool::RingFlags::FLOW_DOWN);
         }
     }
     for flow in &touched {

@@ -44,3 +44,9 @@ pub use ring::{
 pub fn privileged() -> bool {
     sys::in_group_or_root(SHARED_GROUP)
 }
+
+/// The gid of group [`SHARED_GROUP`], if this system has one (through NSS, so `/etc/group`,
+/// LDAP…): the IRMd checks other processes' groups against it.
+pub fn shared_group_gid() -> Option<u32> {
+    sys::group_gid(SHARED_GROUP)
+}

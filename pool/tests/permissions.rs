@@ -88,3 +88,16 @@ fn pool_names_follow_the_prefix() {
         "hostA.pup.1000"
     );
 }
+
+#[test]
+fn the_shared_group_is_looked_up_by_name() {
+    // What NSS says, through getent (absent group, or no getent: none).
+    let expected: Option<u32> = Command::new("getent")
+        .args(["group", o7s_pool::SHARED_GROUP])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|line| line.split(':').nth(2)?.trim().parse().ok());
+    assert_eq!(o7s_pool::shared_group_gid(), expected);
+}

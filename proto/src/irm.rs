@@ -136,6 +136,11 @@ pub enum ErrorCode {
     /// Authentication failed (the reference's `EAUTH`): a flow allocation's OAP header was
     /// malformed, stale, replayed, or its response did not match the request.
     Auth = 10,
+    /// A direct local flow between processes whose packets live in different pools (a
+    /// per-user pool and the shared pool, or two users' pools): no ring can be shared by both
+    /// ends. An IPCP can join them, copying between the pools (register the name in a local
+    /// IPCP's layer). o7s only; the reference falls back to its IPCP path silently.
+    PoolMismatch = 11,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -362,7 +367,10 @@ pub struct UnbindProcess {
     pub name: Option<String>,
 }
 
-/// A process announces itself (sent by the application library when it starts).
+/// A process announces itself (sent by the application library when it starts). Answered
+/// with [`AnnounceReply`]: the pool the process's packets live in (the shared pool for root
+/// and members of group `ouroboros`, else the uid's per-user pool, created on its first
+/// process's announce).
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct ProcessAnnounce {
     /// Its pid.
@@ -537,6 +545,11 @@ pub struct IpcpFlowAlloc {
     /// the layer to the accepting IRMd (in eth-dix: the body of the FLOW_REQ after the hash).
     #[prost(bytes = "vec", tag = "9")]
     pub piggyback: Vec<u8>,
+    /// Owner of `pool`, as the reference's `uid` field: 0 for the shared pool, else the uid
+    /// whose per-user pool the application maps. The IPCP opens that pool for the flow's
+    /// rings and copies each SDU between it and its own pool.
+    #[prost(uint32, tag = "10")]
+    pub uid: u32,
 }
 
 /// IPCP → IRMd: the successful answer to [`IpcpFlowAlloc`] (an IPCP may also answer
@@ -863,6 +876,10 @@ pub struct FlowInfo {
     /// layer to carry back to the allocating IRMd. Empty everywhere else.
     #[prost(bytes = "vec", tag = "13")]
     pub piggyback: Vec<u8>,
+    /// Owner of `pool`: 0 for the shared pool, else the uid of a per-user pool (the
+    /// reference's `uid`).
+    #[prost(uint32, tag = "14")]
+    pub uid: u32,
 }
 
 /// Where one end of a flow is.
@@ -877,6 +894,17 @@ pub enum EndState {
     Deallocated = 2,
     /// The end's process died.
     Dead = 3,
+}
+
+/// The answer to [`ProcessAnnounce`]: where the process's packets live.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct AnnounceReply {
+    /// Name of the process's packet pool: its flows' rings and blocks, and its event sets.
+    #[prost(string, tag = "1")]
+    pub pool: String,
+    /// Owner of the pool: 0 for the shared pool, else the process's uid (a per-user pool).
+    #[prost(uint32, tag = "2")]
+    pub uid: u32,
 }
 
 /// Every flow.
@@ -945,13 +973,16 @@ pub enum ResponseKind {
     /// An IPCP's answer to [`IpcpFlowAlloc`].
     #[prost(message, tag = "11")]
     IpcpFlow(IpcpFlowReply),
+    /// Answer to [`ProcessAnnounce`].
+    #[prost(message, tag = "12")]
+    Announced(AnnounceReply),
 }
 
 /// A response from the IRMd.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct Response {
     /// The answer.
-    #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub kind: Option<ResponseKind>,
 }
 

@@ -138,6 +138,7 @@ fn samples() -> Vec<Request> {
             rx_ring: 4,
             timeout_ms: 20_000,
             piggyback: vec![0x88; 36],
+            uid: 65534,
         }
         .into(),
         IpcpFlowDealloc { flow_id: 9 }.into(),
@@ -274,8 +275,18 @@ fn responses_round_trip() {
             n_1_state: EndState::Dead.into(),
             max_sdu: Some(1496),
             piggyback: vec![1; 84],
+            uid: 1000,
         })
         .into(),
+        ResponseKind::Announced(AnnounceReply {
+            pool: "o7s.pup.1000".into(),
+            uid: 1000,
+        })
+        .into(),
+        Response::error(
+            ErrorCode::PoolMismatch,
+            "the ends use different packet pools",
+        ),
         ResponseKind::IpcpFlow(IpcpFlowReply {
             piggyback: vec![2; 84],
             max_sdu: None,
@@ -484,4 +495,27 @@ fn fuzz_seeds_are_current() {
         );
         fuzzing::irm(&on_disk);
     }
+}
+
+/// The per-user-pool fields on the wire: the announce answer is response kind 12 (pool = field
+/// 1, uid = field 2), `IpcpFlowAlloc.uid` field 10, `FlowInfo.uid` field 14.
+#[test]
+fn pool_fields_have_their_tags() {
+    use prost::Message as _;
+    let announced = Response::from(ResponseKind::Announced(AnnounceReply {
+        pool: "p".into(),
+        uid: 5,
+    }));
+    assert_eq!(announced.encode_to_vec(), [0x62, 5, 0x0a, 1, b'p', 0x10, 5]);
+    let alloc = IpcpFlowAlloc {
+        uid: 7,
+        ..IpcpFlowAlloc::default()
+    };
+    assert_eq!(alloc.encode_to_vec(), [0x50, 7]);
+    let info = FlowInfo {
+        uid: 7,
+        ..FlowInfo::default()
+    };
+    assert_eq!(info.encode_to_vec(), [0x70, 7]);
+    assert_eq!(i32::from(ErrorCode::PoolMismatch), 11);
 }

@@ -256,46 +256,50 @@ pub async fn create(state: &Arc<State>, r: CreateIpcp) -> Result<Response, Refus
             format!("creating {ipcp_type:?} IPCPs is not implemented yet (only local and eth-dix)"),
         ));
     }
-    if state.registry().ipcp(&r.name).is_some() {
-        return Err(Refusal::new(
-            ErrorCode::AlreadyExists,
-            format!("an IPCP named {:?} exists already", r.name),
-        ));
-    }
     let program = find_program(program_of(ipcp_type))?;
-    let mut child = std::process::Command::new(&program)
-        .arg("--rundir")
-        .arg(&state.rundir)
-        .arg("--name")
-        .arg(&r.name)
-        .env(crate::RUNDIR_ENV, &state.rundir)
-        .env(POOL_ENV, state.pool.name())
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            Refusal::new(
-                ErrorCode::Internal,
-                format!("cannot start {}: {e}", program.display()),
-            )
-        })?;
-    let pid = child.id();
-    if let Err(refusal) = state
-        .registry()
-        .add_ipcp(&r.name, Ipcp::new(pid, ipcp_type))
-    {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(refusal);
-    }
     let (tx, mut rx) = oneshot::channel();
-    state.procs().insert(
-        pid,
-        Proc {
-            child: Some(child),
-            link: None,
-            hello: Some(tx),
-        },
-    );
+    // The registry stays locked from the name check until the IPCP and its `Proc` are
+    // recorded: a child quick enough to say hello before that waits for the lock instead of
+    // being refused as unknown (or having its link overwritten).
+    let pid = {
+        let mut reg = state.registry();
+        if reg.ipcp(&r.name).is_some() {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyExists,
+                format!("an IPCP named {:?} exists already", r.name),
+            ));
+        }
+        let mut child = std::process::Command::new(&program)
+            .arg("--rundir")
+            .arg(&state.rundir)
+            .arg("--name")
+            .arg(&r.name)
+            .env(crate::RUNDIR_ENV, &state.rundir)
+            .env(POOL_ENV, state.pool.name())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("cannot start {}: {e}", program.display()),
+                )
+            })?;
+        let pid = child.id();
+        if let Err(refusal) = reg.add_ipcp(&r.name, Ipcp::new(pid, ipcp_type)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(refusal);
+        }
+        state.procs().insert(
+            pid,
+            Proc {
+                child: Some(child),
+                link: None,
+                hello: Some(tx),
+            },
+        );
+        pid
+    };
     info!(name = %r.name, pid, program = %program.display(), "IPCP spawned");
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let failure = loop {
@@ -621,8 +625,7 @@ pub async fn flow_alloc(
         check_announced(&reg, pid)?;
         create_flow(state, &mut reg, (pid, ipcp_pid), dst, qos.clone(), None)?
     };
-    let pool = state.pool.name().to_owned();
-    let theirs = flow.info_for(Side::Accept, &pool);
+    let theirs = flow.info_for(Side::Accept);
     let oap = ClientRequest::new(rand::random(), now_ns());
     let oap_id = id_hex(oap.id());
     info!(flow = flow.id, dst, ipcp = %ipcp, oap = %oap_id, "allocating through the IPCP");
@@ -631,7 +634,8 @@ pub async fn flow_alloc(
         hash,
         qos: Some(qos),
         n_pid: pid,
-        pool: pool.clone(),
+        pool: flow.pool.clone(),
+        uid: flow.uid,
         tx_ring: theirs.tx_ring,
         rx_ring: theirs.rx_ring,
         timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
@@ -666,7 +670,7 @@ pub async fn flow_alloc(
         .registry()
         .flows
         .set_max_sdu(flow.id, reply.max_sdu)
-        .map(|f| f.info_for(Side::Alloc, &pool));
+        .map(|f| f.info_for(Side::Alloc));
     match info {
         Some(info) => {
             info!(flow = flow.id, dst, ipcp = %ipcp, oap = %oap_id, max_sdu = ?reply.max_sdu, "flow allocated through the IPCP");
@@ -774,13 +778,8 @@ pub fn tell_dealloc(state: &State, ends: impl IntoIterator<Item = (u32, u32)>) {
 fn abandon_flow(state: &State, flow_id: u32, app: u32, ipcp: u32) {
     let rings = {
         let mut reg = state.registry();
-        let rings = reg.flows.get(flow_id).map(|f| [f.a2b, f.b2a]);
-        if let Some(rings) = rings {
-            for ring in rings {
-                let _ = state
-                    .pool
-                    .ring_set_flags(ring, o7s_pool::RingFlags::FLOW_DOWN);
-            }
+        if let Some(flow) = reg.flows.get(flow_id) {
+            super::flag_rings(state, flow, o7s_pool::RingFlags::FLOW_DOWN);
         }
         reg.flows.end(flow_id, Side::Alloc, EndState::Deallocated)
     };
