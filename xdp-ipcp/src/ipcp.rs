@@ -535,24 +535,26 @@ impl<'p> EthIpcp<'p> {
         Ok(self.backend.flush()?)
     }
 
-    /// One step of the event loop at time `now`: receive, handle timers, send management
-    /// frames, flush. Never blocks.
+    /// One step of the event loop at time `now`: receive, handle timers (name queries,
+    /// keepalives, peer timeouts), send management frames, flush. Never blocks. Timers run
+    /// even when receiving fails (e.g. `ENETDOWN` while the link is down).
     ///
     /// # Errors
     /// [`Error::Backend`] when a socket call fails.
     pub fn poll(&mut self, now: Instant) -> Result<Activity, Error> {
         self.now = self.now.max(now);
-        let mut activity = Activity {
-            rx: self.receive(now)?,
-            ..Activity::default()
-        };
+        let received = self.receive(now);
         if self.layer.poll_timeout().is_some_and(|t| t <= now) {
             self.layer.handle_timeout(now);
         }
         self.check_liveness(now);
-        activity.mgmt_tx = self.send_mgmt();
-        activity.tx_queued = self.backend.flush()?;
-        Ok(activity)
+        let mgmt_tx = self.send_mgmt();
+        let tx_queued = self.backend.flush()?;
+        Ok(Activity {
+            rx: received?,
+            mgmt_tx,
+            tx_queued,
+        })
     }
 
     /// Waits until frames arrive or `timeout` passes; returns whether frames are ready.
