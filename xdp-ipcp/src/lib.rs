@@ -8,6 +8,8 @@
 //!   straight into and out of pool blocks). Mode `auto` tries native, generic, then packet.
 //! * [`EthIpcp`]: the data path tying layer, backend and pool together: received SDUs go onto
 //!   the pool's flow rings by block index, SDUs to send get their header in their headroom.
+//! * [`liveness`]: keepalives and peer timeouts of the flows (sans-IO), which
+//!   [`EthIpcp::poll`] acts on.
 //! * `sys`: every system call, and the only `unsafe` code of the crate.
 //!
 //! ```
