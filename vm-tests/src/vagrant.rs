@@ -543,13 +543,21 @@ pub fn wait_script(cmd: &str, timeout: Duration) -> String {
 }
 
 /// A [`Action::Spawn`] step: `cmd` in a session of its own, output in `$O7S_LOG/NAME.log`,
-/// pid (which is also its process group) in `$O7S_LOG/NAME.pid`.
+/// pid (which is also its process group) in `$O7S_LOG/NAME.pid`. Returns once the process
+/// leads its session (up to 2 s), so a later `Kill` reaches its whole group and nothing that
+/// kills the step's own process group (a timeout) takes it along.
 pub fn spawn_script(name: &str, cmd: &str) -> String {
     let log = shell_quote(&format!("{name}.log"));
     let pid = shell_quote(&format!("{name}.pid"));
     format!(
         "setsid sh -c {} </dev/null >\"$O7S_LOG\"/{log} 2>&1 &\n\
-         echo $! >\"$O7S_LOG\"/{pid}\n",
+         echo $! >\"$O7S_LOG\"/{pid}\n\
+         i=0\n\
+         while [ $i -lt 100 ] && [ -e /proc/$! ] &&\n\
+         \x20   [ \"$(cut -d' ' -f6 /proc/$!/stat 2>/dev/null)\" != \"$!\" ]; do\n\
+         \x20   sleep 0.02\n\
+         \x20   i=$((i + 1))\n\
+         done\n",
         shell_quote(cmd)
     )
 }
@@ -900,7 +908,15 @@ impl Vagrant {
                 } else {
                     format!("exit status {}", ran.status)
                 },
-                tail(ran.err.trim(), 10)
+                // With --machine-readable, Vagrant reports errors on stdout (`error-exit`).
+                tail(
+                    if ran.err.trim().is_empty() {
+                        ran.out.trim()
+                    } else {
+                        ran.err.trim()
+                    },
+                    10
+                )
             );
         }
         Ok(ran.out)
@@ -929,9 +945,10 @@ impl Vagrant {
                     )));
                 }
             }
-            // By id, never by name: see `machine_ids`.
+            // By id, never by name (see `machine_ids`); only the machines this scenario uses, so
+            // another machine's trouble (say, one being created) does not stop it.
             let mut args = vec!["status", "--machine-readable"];
-            args.extend(ids.values().map(String::as_str));
+            args.extend(hosts.iter().filter_map(|h| ids.get(h)).map(String::as_str));
             let states = parse_status(&self.vagrant(&args)?);
             for h in hosts {
                 match states.get(h).map(String::as_str) {
@@ -945,12 +962,7 @@ impl Vagrant {
                     None => bail!("`vagrant status` says nothing about machine {h}"),
                 }
             }
-            let running: Vec<String> = states
-                .iter()
-                .filter(|(_, s)| *s == "running")
-                .map(|(h, _)| h.clone())
-                .filter(|h| VAGRANT_HOSTS.contains(&h.as_str()))
-                .collect();
+            let running: Vec<String> = hosts.to_vec();
             let mut args = vec!["ssh-config"];
             args.extend(
                 running
@@ -1727,6 +1739,11 @@ mod tests {
         let alive = |pid: i32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
         };
+        // It leads a session (and so a process group) of its own by the time the step returns,
+        // so the step's own group being killed (run_for does that) cannot take it along.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        assert_eq!(fields[3], pid.to_string(), "session id");
         let start = Instant::now();
         while !std::fs::read_to_string(dir.0.join("sleeper.log"))
             .unwrap_or_default()
@@ -1736,10 +1753,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(alive(pid));
-        // It leads a session (and so a process group) of its own.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        assert_eq!(fields[3], pid.to_string(), "session id");
         let ran = sh(&kill_script("sleeper", "SIGKILL").unwrap(), &dir.0, t);
         assert_eq!(ran.status, 0, "{}", ran.out);
         // A zombie until reaped by whoever adopted it; never running.
