@@ -10,6 +10,12 @@
 //! Per packet, neither direction allocates: RX batches block indices per eid in a fixed array and
 //! hands them to `RingWriter::try_write_batch`; a full ring or an unbound eid drops and counts.
 //!
+//! Per-user pools: an unprivileged application's flow rings live in its uid's pool, not in the
+//! IPCP's (the UMEM). Such a flow is bound with [`EthIpcp::bind_flow_copy`]: each received SDU
+//! is copied once into a block of that pool (the frame's block goes straight back to the
+//! UMEM), and a copy that finds the pool empty is a counted drop ([`IpcpStats::rx_pool_empty`]),
+//! never a wait. The transmit side copies into a frame block before [`EthIpcp::send`].
+//!
 //! Liveness ([`crate::liveness`]): a bound flow whose QoS timeout is not 0 gets a keepalive (an
 //! empty SDU, in a pool block) when nothing was sent on it for more than timeout/4, and its
 //! application's receive ring gets PEER_GONE when nothing arrived for more than timeout. Empty
@@ -18,6 +24,7 @@
 
 use core::time::Duration;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use o7s_pool::{Packet, Pool, RingFlags, RingWriter};
 use o7s_proto::MacAddr;
@@ -144,6 +151,10 @@ pub struct IpcpStats {
     /// Flows whose peer was silent for longer than their QoS timeout: PEER_GONE was set on
     /// their application's receive ring.
     pub peers_timed_out: u64,
+    /// SDUs copied into an application's per-user pool ([`EthIpcp::bind_flow_copy`]).
+    pub rx_copied: u64,
+    /// SDUs dropped because the application's per-user pool had no free block.
+    pub rx_pool_empty: u64,
 }
 
 /// One flow's counters in a [`Snapshot`].
@@ -238,7 +249,31 @@ impl Activity {
     }
 }
 
-/// A run of received SDUs for one eid, queued to its ring in one go.
+/// Where a bound flow's received SDUs go.
+enum Sink<'p> {
+    /// A ring of the IPCP's own pool: each frame's block is queued by index, no copy.
+    Ring(RingWriter<'p>),
+    /// A ring of another pool (an application's per-user pool): each SDU is copied into a
+    /// block of that pool first.
+    Copy {
+        /// The pool.
+        pool: Arc<Pool>,
+        /// The ring, written by this process.
+        ring: u32,
+    },
+}
+
+impl Sink<'_> {
+    fn ring(&self) -> u32 {
+        match self {
+            Sink::Ring(w) => w.ring(),
+            Sink::Copy { ring, .. } => *ring,
+        }
+    }
+}
+
+/// A run of received SDUs for one eid, queued to its ring in one go (blocks of the sink's
+/// pool).
 struct RxRun {
     eid: u16,
     indices: [u32; RING_BATCH],
@@ -249,7 +284,7 @@ impl RxRun {
     fn flush(
         &mut self,
         pool: &Pool,
-        flows: &[Option<RingWriter<'_>>],
+        flows: &[Option<Sink<'_>>],
         stats: &mut IpcpStats,
         layer: &mut Layer,
     ) {
@@ -257,8 +292,8 @@ impl RxRun {
             return;
         }
         let run = &self.indices[..self.len];
-        let written = match flows.get(usize::from(self.eid)).and_then(Option::as_ref) {
-            Some(writer) => match writer.try_write_batch(run) {
+        let write =
+            |writer: &RingWriter<'_>, stats: &mut IpcpStats| match writer.try_write_batch(run) {
                 Ok(n) => {
                     stats.ring_full += (run.len() - n) as u64;
                     n
@@ -271,10 +306,20 @@ impl RxRun {
                     stats.no_ring += run.len() as u64;
                     0
                 }
+            };
+        let sink = flows.get(usize::from(self.eid)).and_then(Option::as_ref);
+        let (written, owner) = match sink {
+            Some(Sink::Ring(writer)) => (write(writer, stats), pool),
+            Some(Sink::Copy { pool: theirs, ring }) => match theirs.ring_writer(*ring) {
+                Ok(writer) => (write(&writer, stats), &**theirs),
+                Err(_) => {
+                    stats.no_ring += run.len() as u64;
+                    (0, &**theirs)
+                }
             },
             None => {
                 stats.no_ring += run.len() as u64;
-                0
+                (0, pool)
             }
         };
         stats.delivered += written as u64;
@@ -282,7 +327,7 @@ impl RxRun {
             layer.count_flow_drops(self.eid, (run.len() - written) as u64);
         }
         for &index in &run[written..] {
-            let _ = pool.release(index);
+            let _ = owner.release(index);
         }
         self.len = 0;
     }
@@ -294,7 +339,7 @@ pub struct EthIpcp<'p> {
     layer: Layer,
     backend: AnyBackend<'p>,
     /// Indexed by eid.
-    flows: Vec<Option<RingWriter<'p>>>,
+    flows: Vec<Option<Sink<'p>>>,
     pending_mgmt: Option<Transmit>,
     rx_batch: usize,
     stats: IpcpStats,
@@ -440,10 +485,30 @@ impl<'p> EthIpcp<'p> {
             return Err(Error::BadEid(eid));
         }
         let writer = self.pool.ring_writer(ring)?;
-        self.flows[usize::from(eid)] = Some(writer);
+        self.bind(eid, Sink::Ring(writer));
+        Ok(())
+    }
+
+    /// Like [`bind_flow`](Self::bind_flow) for a ring of another pool (an unprivileged
+    /// application's per-user pool, opened by this process): each SDU is copied into a block
+    /// of `pool` and queued on `ring`; when `pool` has no free block the SDU is dropped and
+    /// counted ([`IpcpStats::rx_pool_empty`]).
+    ///
+    /// # Errors
+    /// [`Error::BadEid`], [`Error::Pool`] if the ring is not live or not ours to write.
+    pub fn bind_flow_copy(&mut self, eid: u16, pool: Arc<Pool>, ring: u32) -> Result<(), Error> {
+        if eid == MGMT_EID || eid >= EID_END {
+            return Err(Error::BadEid(eid));
+        }
+        pool.ring_writer(ring)?;
+        self.bind(eid, Sink::Copy { pool, ring });
+        Ok(())
+    }
+
+    fn bind(&mut self, eid: u16, sink: Sink<'p>) {
+        self.flows[usize::from(eid)] = Some(sink);
         let timeout = self.layer.flow(eid).map_or(0, |f| f.qos.timeout);
         self.liveness.insert(eid, timeout, self.now);
-        Ok(())
     }
 
     /// When [`poll`](Self::poll) next has a keepalive to send or a peer timeout to check, at
@@ -466,7 +531,7 @@ impl<'p> EthIpcp<'p> {
         self.flows
             .get_mut(usize::from(eid))
             .and_then(Option::take)
-            .map(|w| w.ring())
+            .map(|sink| sink.ring())
     }
 
     /// Sends `packet`'s window as an SDU on flow `eid`: the DIX header goes into its headroom
@@ -592,19 +657,40 @@ impl<'p> EthIpcp<'p> {
                     stats.keepalives_in += 1;
                     return;
                 }
-                let head = packet.head() as usize;
-                if packet
-                    .set_bounds(head + payload.start, head + payload.end)
-                    .is_err()
-                {
-                    stats.layer_drops += 1;
-                    return;
-                }
+                let index = match flows.get(usize::from(eid)).and_then(Option::as_ref) {
+                    // Into the application's pool; the frame's block goes back to ours as
+                    // `packet` drops. An empty pool is a drop: the receive path never waits.
+                    Some(Sink::Copy { pool: theirs, .. }) => {
+                        let Some(sdu) = packet.data().get(payload) else {
+                            stats.layer_drops += 1;
+                            return;
+                        };
+                        let Ok(mut copy) = theirs.try_alloc(sdu.len()) else {
+                            stats.rx_pool_empty += 1;
+                            layer.count_flow_drops(eid, 1);
+                            return;
+                        };
+                        copy.data_mut().copy_from_slice(sdu);
+                        stats.rx_copied += 1;
+                        copy.into_index()
+                    }
+                    _ => {
+                        let head = packet.head() as usize;
+                        if packet
+                            .set_bounds(head + payload.start, head + payload.end)
+                            .is_err()
+                        {
+                            stats.layer_drops += 1;
+                            return;
+                        }
+                        packet.into_index()
+                    }
+                };
                 if run.len == RING_BATCH || (run.len > 0 && run.eid != eid) {
                     run.flush(pool, flows, stats, layer);
                 }
                 run.eid = eid;
-                run.indices[run.len] = packet.into_index();
+                run.indices[run.len] = index;
                 run.len += 1;
             }
             RxAction::Mgmt { .. } => {
@@ -635,11 +721,16 @@ impl<'p> EthIpcp<'p> {
                 }
                 Action::PeerGone => {
                     self.stats.peers_timed_out += 1;
-                    if let Some(writer) = self.flows.get(usize::from(eid)).and_then(Option::as_ref)
-                    {
-                        let _ = self
-                            .pool
-                            .ring_set_flags(writer.ring(), RingFlags::PEER_GONE);
+                    match self.flows.get(usize::from(eid)).and_then(Option::as_ref) {
+                        Some(Sink::Ring(writer)) => {
+                            let _ = self
+                                .pool
+                                .ring_set_flags(writer.ring(), RingFlags::PEER_GONE);
+                        }
+                        Some(Sink::Copy { pool, ring }) => {
+                            let _ = pool.ring_set_flags(*ring, RingFlags::PEER_GONE);
+                        }
+                        None => {}
                     }
                     self.peers_gone.push_back(eid);
                 }

@@ -18,6 +18,14 @@
 //! Data: the SDUs an application writes on its ring are read by the loop and sent as they are
 //! (the DIX header goes into the block's headroom); received SDUs are queued on the
 //! application's ring by block index ([`EthIpcp::bind_flow`]). Neither direction copies.
+//!
+//! Per-user pools: an unprivileged application's rings live in its uid's pool
+//! (`IpcpFlowAlloc.pool`, or the pool of the IRMd's answer to a flow request), which the loop
+//! maps while a flow uses it. Each SDU is then copied once per direction: the application's
+//! block into a frame block of the UMEM before it is sent, and a received frame into a block of
+//! the application's pool ([`EthIpcp::bind_flow_copy`]; no block there is a counted drop, the
+//! receive path never waits). Such flows cannot be slept on by the ring watcher (its words
+//! borrow the UMEM pool), so while one exists the idle loop wakes every [`FALLBACK_WAIT`].
 //! When an application's ring goes down, or the IRMd says the flow ended, the flow is
 //! deallocated in the layer and the IPCP deallocates its own end at the IRMd.
 //!
@@ -48,7 +56,8 @@ use std::time::{Duration, Instant as StdInstant};
 use clap::Parser;
 use o7s_ipcpd::runtime::{Error as RuntimeError, Handler, Irm};
 use o7s_pool::{
-    Access, Bell, Packet, Pool, RingArm, RingReader, WAIT_ANY_MAX, WakeWord, pool_name, wait_any,
+    Access, Bell, Error as PoolError, Packet, Pool, RingArm, RingReader, WAIT_ANY_MAX, WakeWord,
+    pool_name, wait_any,
 };
 use o7s_proto::eth_mgmt::QosSpec as EthQos;
 use o7s_proto::irm::{
@@ -164,6 +173,8 @@ struct AllocReq {
     qos: EthQos,
     tx_ring: u32,
     rx_ring: u32,
+    /// The pool of the rings (the UMEM pool, or the application's per-user pool).
+    pool: String,
     deadline: StdInstant,
     /// The IRMd's OAP request, for the FLOW_REQ.
     oap: Vec<u8>,
@@ -180,13 +191,25 @@ enum Cmd {
     Alloc(AllocReq),
     /// The IRMd says the flow (its id) ended.
     Dealloc(u32),
-    /// The IRMd's answer to a flow request that arrived on `eid`: the flow's (id, tx ring,
-    /// rx ring, OAP response) as the IPCP sees them, or a refusal.
+    /// The IRMd's answer to a flow request that arrived on `eid`: the flow as the IPCP sees
+    /// it, or a refusal.
     Answer {
         eid: u16,
-        flow: Option<(u32, u32, u32, Vec<u8>)>,
+        flow: Option<Accepted>,
     },
     Stats(Reply<Vec<Counter>>),
+}
+
+/// The flow the IRMd set up for a flow request, from the IPCP's side.
+#[derive(Debug)]
+struct Accepted {
+    flow_id: u32,
+    tx_ring: u32,
+    rx_ring: u32,
+    /// The pool of the rings (the accepting application's).
+    pool: String,
+    /// The OAP response for the FLOW_REPLY.
+    oap: Vec<u8>,
 }
 
 /// The running layer.
@@ -436,15 +459,6 @@ impl Handler for EthDix {
 
 impl EthDix {
     fn flow_alloc(&self, r: IpcpFlowAlloc) -> Result<Response, Refusal> {
-        if r.pool != self.pool {
-            return Ok(refuse(
-                ErrorCode::NotSupported,
-                format!(
-                    "flow {} uses pool {:?}; this IPCP's UMEM is {:?}",
-                    r.flow_id, r.pool, self.pool
-                ),
-            ));
-        }
         let timeout = Duration::from_millis(r.timeout_ms.into());
         let (tx, rx) = mpsc::channel();
         self.command(Cmd::Alloc(AllocReq {
@@ -453,6 +467,7 @@ impl EthDix {
             qos: eth_qos(r.qos.as_ref()),
             tx_ring: r.tx_ring,
             rx_ring: r.rx_ring,
+            pool: r.pool,
             deadline: StdInstant::now() + timeout,
             oap: r.piggyback,
             reply: tx,
@@ -469,12 +484,43 @@ impl EthDix {
     }
 }
 
-/// One allocated flow: the application's ring the loop reads, and an SDU the backend had no
-/// room for yet.
+/// Where the loop reads an application's SDUs.
+enum Source<'p> {
+    /// A ring of the UMEM pool: its blocks are sent as they are.
+    Ring(RingReader<'p>),
+    /// A ring of the application's per-user pool: each SDU is copied into a frame block.
+    Copy { pool: Arc<Pool>, ring: u32 },
+}
+
+/// One allocated flow: the application's ring the loop reads, an SDU the backend had no room
+/// for yet, and (per-user pool) an SDU read that waits for a free frame block.
 struct FlowEnd<'p> {
     flow_id: u32,
-    reader: RingReader<'p>,
+    source: Source<'p>,
     pending: Option<Packet<'p>>,
+    /// A block of the per-user pool, read from its ring, not yet copied (the UMEM had no
+    /// free block).
+    held: Option<u32>,
+}
+
+impl FlowEnd<'_> {
+    fn new(flow_id: u32, source: Source<'_>) -> FlowEnd<'_> {
+        FlowEnd {
+            flow_id,
+            source,
+            pending: None,
+            held: None,
+        }
+    }
+
+    /// Nothing of the application's is left to send.
+    fn drained(&self) -> bool {
+        let ring_empty = match &self.source {
+            Source::Ring(reader) => reader.is_empty(),
+            Source::Copy { pool, ring } => pool.ring_len(*ring).is_ok_and(|n| n == 0),
+        };
+        self.pending.is_none() && self.held.is_none() && ring_empty
+    }
 }
 
 /// What waits for a name query.
@@ -495,6 +541,12 @@ struct Loop<'p> {
     allocs: HashMap<u16, AllocReq>,
     /// SDUs the layer refused to send (too long for the MTU…).
     tx_refused: u64,
+    /// SDUs copied from a per-user pool into frame blocks.
+    tx_copied: u64,
+    /// Times a per-user pool's SDU waited for a free frame block.
+    tx_pool_empty: u64,
+    /// Per-user pools mapped, by name, with how many flows use each.
+    pups: HashMap<String, (Arc<Pool>, usize)>,
     /// The flow rings armed while the loop sleeps (empty while it is awake).
     arms: Vec<RingArm<'p>>,
 }
@@ -657,6 +709,9 @@ fn event_loop(
         queries: Vec::new(),
         allocs: HashMap::new(),
         tx_refused: 0,
+        tx_copied: 0,
+        tx_pool_empty: 0,
+        pups: HashMap::new(),
         arms: Vec::with_capacity(WAIT_ANY_MAX),
     };
     let Setup {
@@ -731,12 +786,18 @@ impl<'p> Loop<'p> {
         let mut timeout = self.next_timer(ipcp).min(IDLE_WAIT_MAX);
         let watchable = watch.usable.load(Ordering::SeqCst)
             && self.flows.len() < WAIT_ANY_MAX
-            && self.flows.values().all(|end| end.pending.is_none());
+            && self
+                .flows
+                .values()
+                .all(|end| end.pending.is_none() && matches!(end.source, Source::Ring(_)));
         if watchable {
             // Armed before the last look: an SDU written after it moves a word the watcher
             // sleeps on (or is about to, and then does not sleep).
             self.arms
-                .extend(self.flows.values().map(|end| end.reader.arm()));
+                .extend(self.flows.values().filter_map(|end| match &end.source {
+                    Source::Ring(reader) => Some(reader.arm()),
+                    Source::Copy { .. } => None,
+                }));
             if self.arms.iter().any(RingArm::is_ready) {
                 self.arms.clear();
                 return;
@@ -825,7 +886,7 @@ impl<'p> Loop<'p> {
                 let eid = self.by_id.get(&flow_id).copied();
                 let drained = eid
                     .and_then(|eid| self.flows.get(&eid))
-                    .is_some_and(|end| end.pending.is_none() && end.reader.is_empty());
+                    .is_some_and(FlowEnd::drained);
                 if let (Some(eid), true) = (eid, drained) {
                     self.end_flow(ipcp, eid, "the irmd ended it");
                 }
@@ -849,43 +910,112 @@ impl<'p> Loop<'p> {
         }
     }
 
-    /// The IRMd answered a flow request that arrived on `eid`.
-    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<(u32, u32, u32, Vec<u8>)>) {
-        let bound = flow.map(|(flow_id, tx, rx, oap)| {
-            let reader = ipcp
-                .bind_flow(eid, tx)
-                .map_err(|e| e.to_string())
-                .and_then(|()| self.pool.ring_reader(rx).map_err(|e| e.to_string()));
-            (flow_id, reader, oap)
-        });
-        match bound {
-            Some((flow_id, Ok(reader), oap)) => {
-                if let Err(e) = ipcp.layer_mut().flow_accept(eid, &oap) {
-                    eprintln!("ipcpd-eth-dix: cannot accept flow eid {eid}: {e}");
+    /// A per-user pool mapped for one more flow (see [`Loop::release`]).
+    fn acquire(&mut self, name: &str) -> Result<Arc<Pool>, String> {
+        if let Some((pool, uses)) = self.pups.get_mut(name) {
+            *uses += 1;
+            return Ok(pool.clone());
+        }
+        let pool = Pool::open(name)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot open pool {name:?}: {e}"))?;
+        self.pups.insert(name.to_owned(), (pool.clone(), 1));
+        Ok(pool)
+    }
+
+    /// One flow less uses per-user pool `name`; the last unmaps it (the IRMd destroys it
+    /// once nobody uses it, and a later pool of that name is a new object).
+    fn release(&mut self, name: &str) {
+        if let Some((_, uses)) = self.pups.get_mut(name) {
+            *uses -= 1;
+            if *uses == 0 {
+                self.pups.remove(name);
+            }
+        }
+    }
+
+    /// Binds flow `eid` to the application's rings in pool `pool`: received SDUs go to `tx`,
+    /// the application's are read from `rx`. The UMEM pool's rings are used as they are;
+    /// another pool (a per-user pool) is mapped and its SDUs copied. On error nothing stays
+    /// bound.
+    fn bind(
+        &mut self,
+        ipcp: &mut EthIpcp<'p>,
+        eid: u16,
+        pool: &str,
+        (tx, rx): (u32, u32),
+    ) -> Result<Source<'p>, String> {
+        if pool == self.pool.name() {
+            ipcp.bind_flow(eid, tx).map_err(|e| e.to_string())?;
+            return match self.pool.ring_reader(rx) {
+                Ok(reader) => Ok(Source::Ring(reader)),
+                Err(e) => {
                     ipcp.unbind_flow(eid);
+                    Err(e.to_string())
+                }
+            };
+        }
+        let theirs = self.acquire(pool)?;
+        let bound = theirs
+            .ring_reader(rx)
+            .map(drop)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                ipcp.bind_flow_copy(eid, theirs.clone(), tx)
+                    .map_err(|e| e.to_string())
+            });
+        match bound {
+            Ok(()) => Ok(Source::Copy {
+                pool: theirs,
+                ring: rx,
+            }),
+            Err(e) => {
+                self.release(pool);
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes [`Loop::bind`] for a flow that did not come to be.
+    fn unbind(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, source: &Source<'p>) {
+        ipcp.unbind_flow(eid);
+        if let Source::Copy { pool, .. } = source {
+            self.release(pool.name());
+        }
+    }
+
+    /// The IRMd answered a flow request that arrived on `eid`.
+    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<Accepted>) {
+        let Some(flow) = flow else {
+            let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+            return;
+        };
+        let flow_id = flow.flow_id;
+        match self.bind(ipcp, eid, &flow.pool, (flow.tx_ring, flow.rx_ring)) {
+            Ok(source) => {
+                if let Err(e) = ipcp.layer_mut().flow_accept(eid, &flow.oap) {
+                    eprintln!("ipcpd-eth-dix: cannot accept flow eid {eid}: {e}");
+                    self.unbind(ipcp, eid, &source);
                     let _ = ipcp.layer_mut().flow_dealloc(eid);
                     self.dealloc_at_irmd(flow_id);
                     return;
                 }
-                self.flows.insert(
-                    eid,
-                    FlowEnd {
-                        flow_id,
-                        reader,
-                        pending: None,
-                    },
-                );
+                let copy = matches!(source, Source::Copy { .. });
+                self.flows.insert(eid, FlowEnd::new(flow_id, source));
                 self.by_id.insert(flow_id, eid);
-                eprintln!("ipcpd-eth-dix: flow {flow_id} accepted on eid {eid}");
+                eprintln!(
+                    "ipcpd-eth-dix: flow {flow_id} accepted on eid {eid}{}",
+                    if copy {
+                        " (copied to and from its pool)"
+                    } else {
+                        ""
+                    }
+                );
             }
-            Some((flow_id, Err(e), _)) => {
+            Err(e) => {
                 eprintln!("ipcpd-eth-dix: flow {flow_id}: rings not usable: {e}");
-                ipcp.unbind_flow(eid);
                 let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
                 self.dealloc_at_irmd(flow_id);
-            }
-            None => {
-                let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
             }
         }
     }
@@ -938,9 +1068,13 @@ impl<'p> Loop<'p> {
                             max_sdu,
                         };
                         let flow = match irm.call_ok(request, ANSWER_TIMEOUT) {
-                            Ok(Some(ResponseKind::Flow(info))) => {
-                                Some((info.flow_id, info.tx_ring, info.rx_ring, info.piggyback))
-                            }
+                            Ok(Some(ResponseKind::Flow(info))) => Some(Accepted {
+                                flow_id: info.flow_id,
+                                tx_ring: info.tx_ring,
+                                rx_ring: info.rx_ring,
+                                pool: info.pool,
+                                oap: info.piggyback,
+                            }),
                             Ok(other) => {
                                 eprintln!(
                                     "ipcpd-eth-dix: unexpected answer to FlowReqArrived: {other:?}"
@@ -966,24 +1100,9 @@ impl<'p> Loop<'p> {
                     let _ = ipcp.layer_mut().flow_dealloc(eid);
                     return;
                 };
-                let reader = ipcp
-                    .bind_flow(eid, req.tx_ring)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        self.pool
-                            .ring_reader(req.rx_ring)
-                            .map_err(|e| e.to_string())
-                    });
-                match reader {
-                    Ok(reader) => {
-                        self.flows.insert(
-                            eid,
-                            FlowEnd {
-                                flow_id: req.flow_id,
-                                reader,
-                                pending: None,
-                            },
-                        );
+                match self.bind(ipcp, eid, &req.pool, (req.tx_ring, req.rx_ring)) {
+                    Ok(source) => {
+                        self.flows.insert(eid, FlowEnd::new(req.flow_id, source));
                         self.by_id.insert(req.flow_id, eid);
                         let max_sdu = ipcp.layer().config().max_sdu();
                         let max_sdu = u32::try_from(max_sdu).unwrap_or(u32::MAX);
@@ -995,7 +1114,6 @@ impl<'p> Loop<'p> {
                         }
                     }
                     Err(e) => {
-                        ipcp.unbind_flow(eid);
                         let _ = ipcp.layer_mut().flow_dealloc(eid);
                         let _ = req.reply.send(Err((
                             ErrorCode::InvalidArgument,
@@ -1019,11 +1137,30 @@ impl<'p> Loop<'p> {
     fn transmit(&mut self, ipcp: &mut EthIpcp<'p>) -> bool {
         let mut sent = false;
         let mut ended: Vec<(u16, String)> = Vec::new();
+        let umem = self.pool;
         for (&eid, end) in &mut self.flows {
+            let FlowEnd {
+                source,
+                pending,
+                held,
+                ..
+            } = end;
+            let source = &*source;
+            // Per-user pool: its reader for this turn.
+            let copy_reader = match source {
+                Source::Ring(_) => None,
+                Source::Copy { pool, ring } => match pool.ring_reader(*ring) {
+                    Ok(r) => Some((&**pool, r)),
+                    Err(e) => {
+                        ended.push((eid, e.to_string()));
+                        continue;
+                    }
+                },
+            };
             for _ in 0..TX_BUDGET {
-                let packet = match end.pending.take() {
-                    Some(p) => p,
-                    None => match end.reader.try_read() {
+                let packet = match (pending.take(), source, &copy_reader) {
+                    (Some(p), ..) => p,
+                    (None, Source::Ring(reader), _) => match reader.try_read() {
                         Ok(p) => p,
                         Err(e) if e.is_would_block() => break,
                         Err(e) => {
@@ -1031,11 +1168,44 @@ impl<'p> Loop<'p> {
                             break;
                         }
                     },
+                    (None, Source::Copy { .. }, Some((theirs, reader))) => {
+                        let sdu = match held.take() {
+                            Some(index) => theirs.packet(index),
+                            None => reader.try_read(),
+                        };
+                        let sdu = match sdu {
+                            Ok(p) => p,
+                            Err(e) if e.is_would_block() => break,
+                            Err(e) => {
+                                ended.push((eid, e.to_string()));
+                                break;
+                            }
+                        };
+                        match umem.try_alloc(sdu.len()) {
+                            Ok(mut frame) => {
+                                frame.data_mut().copy_from_slice(sdu.data());
+                                self.tx_copied += 1;
+                                // `sdu` goes back to the application's pool.
+                                frame
+                            }
+                            Err(PoolError::TooLarge { .. }) => {
+                                self.tx_refused += 1;
+                                continue;
+                            }
+                            Err(_) => {
+                                // Kept: sent once the UMEM has a block again.
+                                *held = Some(sdu.into_index());
+                                self.tx_pool_empty += 1;
+                                break;
+                            }
+                        }
+                    }
+                    (None, Source::Copy { .. }, None) => break,
                 };
                 match ipcp.send(eid, packet) {
                     Ok(()) => sent = true,
                     Err((packet, e)) if e.is_would_block() => {
-                        end.pending = Some(packet);
+                        *pending = Some(packet);
                         break;
                     }
                     // The block goes back to the pool; counted.
@@ -1093,6 +1263,12 @@ impl<'p> Loop<'p> {
         };
         self.by_id.remove(&end.flow_id);
         ipcp.unbind_flow(eid);
+        if let Source::Copy { pool, .. } = &end.source {
+            if let Some(index) = end.held {
+                let _ = pool.release(index);
+            }
+            self.release(pool.name());
+        }
         let _ = ipcp.layer_mut().flow_dealloc(eid);
         eprintln!(
             "ipcpd-eth-dix: flow {} (eid {eid}) ends: {why}",
@@ -1140,6 +1316,13 @@ impl<'p> Loop<'p> {
                         s.dropped(DropReason::UnknownEid),
                     ),
                     ("tx refused".into(), self.tx_refused),
+                    ("sdus copied out of user pools".into(), self.tx_copied),
+                    ("sdus copied into user pools".into(), s.ipcp.rx_copied),
+                    (
+                        "user pool sdus waiting for a frame".into(),
+                        self.tx_pool_empty,
+                    ),
+                    ("drops user pool empty".into(), s.ipcp.rx_pool_empty),
                     ("keepalives in".into(), s.ipcp.keepalives_in),
                     ("keepalives out".into(), s.ipcp.keepalives_out),
                     ("keepalives blocked".into(), s.ipcp.keepalives_blocked),
