@@ -99,6 +99,32 @@ impl Creds {
     }
 }
 
+/// The fuzz oracle of [`Creds::parse_status`]: any bytes parse or fail with an error that
+/// says something, never panic; what parses is written back in the kernel's format and parses
+/// to the same credentials, and the effective ids found are in the input.
+#[doc(hidden)]
+pub fn fuzz_oracle(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let creds = match Creds::parse_status(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "an error that says nothing");
+            return;
+        }
+    };
+    for id in [creds.uid, creds.gid] {
+        assert!(text.contains(&id.to_string()), "{id} is not in the input");
+    }
+    let groups: Vec<String> = creds.groups.iter().map(u32::to_string).collect();
+    let again = format!(
+        "Uid:\t0\t{uid}\t0\t0\nGid:\t0\t{gid}\t0\t0\nGroups:\t{} \n",
+        groups.join(" "),
+        uid = creds.uid,
+        gid = creds.gid
+    );
+    assert_eq!(Creds::parse_status(&again), Ok(creds), "round trip");
+}
+
 /// Why a flow cannot have rings both ends can map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mismatch {
@@ -434,10 +460,31 @@ mod test {
         let _ = Pool::unlink(&shared_name);
     }
 
+    #[test]
+    fn the_oracle_holds_on_the_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/proc_status");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/proc_status") {
+            let bytes = std::fs::read(entry.expect("seed").path()).expect("seed");
+            fuzz_oracle(&bytes);
+            parsed += usize::from(Creds::parse_status(&String::from_utf8_lossy(&bytes)).is_ok());
+        }
+        assert!(parsed >= 2, "the seeds include real status files");
+        // And this process's own, as the kernel writes it now.
+        fuzz_oracle(&std::fs::read("/proc/self/status").expect("own status"));
+    }
+
     proptest! {
         #[test]
         fn any_text_parses_or_fails_cleanly(text in "\\PC{0,200}") {
-            let _ = Creds::parse_status(&text);
+            fuzz_oracle(text.as_bytes());
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            fuzz_oracle(&data);
         }
 
         #[test]
