@@ -24,8 +24,9 @@
 //! maps while a flow uses it. Each SDU is then copied once per direction: the application's
 //! block into a frame block of the UMEM before it is sent, and a received frame into a block of
 //! the application's pool ([`EthIpcp::bind_flow_copy`]; no block there is a counted drop, the
-//! receive path never waits). Such flows cannot be slept on by the ring watcher (its words
-//! borrow the UMEM pool), so while one exists the idle loop wakes every [`FALLBACK_WAIT`].
+//! receive path never waits). The ring watcher sleeps on such rings too: it holds the pool
+//! mapped while it does, arms the rings itself and wakes the loop at once if one already has
+//! something (so nothing written between the loop's last look and its arming is missed).
 //! When an application's ring goes down, or the IRMd says the flow ended, the flow is
 //! deallocated in the layer and the IPCP deallocates its own end at the IRMd.
 //!
@@ -549,15 +550,21 @@ struct Loop<'p> {
     pups: HashMap<String, (Arc<Pool>, usize)>,
     /// The flow rings armed while the loop sleeps (empty while it is awake).
     arms: Vec<RingArm<'p>>,
+    /// The per-user pools' rings handed to the watcher while the loop sleeps.
+    foreign: Vec<(Arc<Pool>, u32)>,
 }
 
 /// The flow rings the loop sleeps on, as handed to the ring watcher.
 struct Armed<'p> {
     /// Bumped for every new set of words.
     generation: u64,
-    /// The watcher has woken the loop for this generation (it then waits for the next).
+    /// The watcher has woken the loop for this generation, or the loop is awake: the watcher
+    /// waits for the next.
     fired: bool,
+    /// Rings of the UMEM pool, armed by the loop.
     words: Vec<WakeWord<'p>>,
+    /// Rings of per-user pools (pool, ring), armed by the watcher itself.
+    foreign: Vec<(Arc<Pool>, u32)>,
 }
 
 /// The ring watcher: a thread that sleeps on the rings the loop reads while the loop sleeps,
@@ -582,13 +589,16 @@ impl<'p> RingWatch<'p> {
                 generation: 0,
                 fired: false,
                 words: Vec::with_capacity(WAIT_ANY_MAX),
+                foreign: Vec::with_capacity(WAIT_ANY_MAX),
             }),
         }
     }
 
-    /// The watcher thread's body.
+    /// The watcher thread's body. Allocates nothing.
     fn run(&self, wake: &Wake) {
         let mut words = Vec::with_capacity(WAIT_ANY_MAX);
+        // Clones of the per-user pools watched: mapped for as long as their words are used.
+        let mut foreign: Vec<(Arc<Pool>, u32)> = Vec::with_capacity(WAIT_ANY_MAX);
         loop {
             // Taken before the rings: a later hand-over rings the bell and ends the wait.
             let bell = self.bell.word();
@@ -596,52 +606,106 @@ impl<'p> RingWatch<'p> {
                 return;
             }
             words.clear();
-            words.push(bell);
+            foreign.clear();
             let generation = {
                 let armed = lock(&self.armed);
                 if !armed.fired {
                     words.extend_from_slice(&armed.words);
+                    foreign.extend(armed.foreign.iter().cloned());
                 }
                 armed.generation
             };
-            match wait_any(&words, None) {
-                Ok(Some(i)) if i > 0 => {
-                    let mut armed = lock(&self.armed);
-                    if armed.generation == generation {
-                        armed.fired = true;
+            // Every word on the stack: the bell, the loop's rings, then the per-user pools'
+            // rings armed here (their arms live until the end of this turn).
+            let mut all = [bell; WAIT_ANY_MAX];
+            let mut n = 1;
+            for w in words.iter().take(WAIT_ANY_MAX - n) {
+                all[n] = *w;
+                n += 1;
+            }
+            let mut arms: [Option<RingArm<'_>>; WAIT_ANY_MAX] = std::array::from_fn(|_| None);
+            let mut ready = false;
+            for (slot, (pool, ring)) in arms.iter_mut().zip(&foreign) {
+                if n == WAIT_ANY_MAX {
+                    break;
+                }
+                let Ok(reader) = pool.ring_reader(*ring) else {
+                    // Gone meanwhile: the loop finds out itself.
+                    ready = true;
+                    continue;
+                };
+                let arm = reader.arm();
+                ready |= arm.is_ready();
+                all[n] = arm.word();
+                n += 1;
+                *slot = Some(arm);
+            }
+            let fired = if ready {
+                true
+            } else {
+                match wait_any(&all[..n], None) {
+                    Ok(Some(i)) => i > 0,
+                    // A signal.
+                    Ok(None) => false,
+                    Err(e) => {
+                        eprintln!(
+                            "ipcpd-eth-dix: cannot sleep on the flow rings ({e}); \
+                             the loop polls them every {FALLBACK_WAIT:?}"
+                        );
+                        self.usable.store(false, Ordering::SeqCst);
+                        wake.wake();
+                        return;
                     }
-                    drop(armed);
-                    wake.wake();
                 }
-                // The bell (new rings, or stop), or a signal.
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!(
-                        "ipcpd-eth-dix: cannot sleep on the flow rings ({e}); \
-                         the loop polls them every {FALLBACK_WAIT:?}"
-                    );
-                    self.usable.store(false, Ordering::SeqCst);
-                    wake.wake();
-                    return;
+            };
+            // Disarmed before anything else: writers stop paying for wake-ups.
+            drop(arms);
+            if fired {
+                let mut armed = lock(&self.armed);
+                if armed.generation == generation {
+                    armed.fired = true;
                 }
+                drop(armed);
+                wake.wake();
             }
         }
     }
 
-    /// Hands the watcher the rings the loop is about to sleep on (nothing to do if it already
-    /// waits on exactly these).
-    fn watch(&self, arms: &[RingArm<'p>]) {
+    /// Hands the watcher the rings the loop is about to sleep on: `arms` of the UMEM pool and
+    /// `foreign` rings of per-user pools (nothing to do if it already waits on exactly these).
+    fn watch(&self, arms: &[RingArm<'p>], foreign: &[(Arc<Pool>, u32)]) {
         let mut armed = lock(&self.armed);
         let same = !armed.fired
             && armed.words.len() == arms.len()
-            && armed.words.iter().zip(arms).all(|(w, a)| *w == a.word());
+            && armed.words.iter().zip(arms).all(|(w, a)| *w == a.word())
+            && armed.foreign.len() == foreign.len()
+            && armed
+                .foreign
+                .iter()
+                .zip(foreign)
+                .all(|(a, b)| Arc::ptr_eq(&a.0, &b.0) && a.1 == b.1);
         if same {
             return;
         }
         armed.words.clear();
         armed.words.extend(arms.iter().map(RingArm::word));
+        armed.foreign.clear();
+        armed.foreign.extend(foreign.iter().cloned());
         armed.generation += 1;
         armed.fired = false;
+        drop(armed);
+        self.bell.ring();
+    }
+
+    /// The loop is awake: the watcher drops the per-user pools' arms it holds (their writers
+    /// would pay a wake-up per write) and waits for the next hand-over.
+    fn disarm(&self) {
+        let mut armed = lock(&self.armed);
+        if armed.foreign.is_empty() || armed.fired {
+            return;
+        }
+        armed.fired = true;
+        armed.generation += 1;
         drop(armed);
         self.bell.ring();
     }
@@ -713,6 +777,7 @@ fn event_loop(
         tx_pool_empty: 0,
         pups: HashMap::new(),
         arms: Vec::with_capacity(WAIT_ANY_MAX),
+        foreign: Vec::with_capacity(WAIT_ANY_MAX),
     };
     let Setup {
         cmds: commands,
@@ -789,20 +854,27 @@ impl<'p> Loop<'p> {
             && self
                 .flows
                 .values()
-                .all(|end| end.pending.is_none() && matches!(end.source, Source::Ring(_)));
+                .all(|end| end.pending.is_none() && end.held.is_none());
         if watchable {
             // Armed before the last look: an SDU written after it moves a word the watcher
-            // sleeps on (or is about to, and then does not sleep).
-            self.arms
-                .extend(self.flows.values().filter_map(|end| match &end.source {
-                    Source::Ring(reader) => Some(reader.arm()),
-                    Source::Copy { .. } => None,
-                }));
-            if self.arms.iter().any(RingArm::is_ready) {
+            // sleeps on (or is about to, and then does not sleep). Per-user pools' rings are
+            // armed by the watcher, which looks at them again once armed.
+            for end in self.flows.values() {
+                match &end.source {
+                    Source::Ring(reader) => self.arms.push(reader.arm()),
+                    Source::Copy { pool, ring } => self.foreign.push((pool.clone(), *ring)),
+                }
+            }
+            let foreign_ready = self
+                .foreign
+                .iter()
+                .any(|(pool, ring)| pool.ring_len(*ring).is_ok_and(|n| n > 0));
+            if foreign_ready || self.arms.iter().any(RingArm::is_ready) {
                 self.arms.clear();
+                self.foreign.clear();
                 return;
             }
-            watch.watch(&self.arms);
+            watch.watch(&self.arms, &self.foreign);
         } else {
             timeout = timeout.min(FALLBACK_WAIT);
         }
@@ -816,6 +888,10 @@ impl<'p> Loop<'p> {
         }
         // Awake: the applications' writes stop paying for wake-ups.
         self.arms.clear();
+        if !self.foreign.is_empty() {
+            self.foreign.clear();
+            watch.disarm();
+        }
     }
 
     /// How long until the layer's next timer, the next keepalive or peer timeout, or the next
