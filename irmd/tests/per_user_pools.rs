@@ -10,6 +10,9 @@
 //!   was SIGKILLed, and every block of it was back on its free lists by then (`verify` on a
 //!   mapping kept by the test); a new process of the uid gets a new one.
 //! * Another uid can neither open the PUP nor share a direct flow with it.
+//! * An IRMd run by an ordinary user (65534) gives its own uid's processes the shared pool,
+//!   and refuses another uid's announce with an error that says why and what to do, since it
+//!   cannot give a pool away.
 //!
 //! Root only (setuid, chown): skips with a reason otherwise. `ipcpd-local` and `oping` belong
 //! to other packages, so the test builds them next to `irmd`; `oping` is linked into a
@@ -434,4 +437,63 @@ fn another_uid_cannot_use_the_pool() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn an_irmd_of_an_ordinary_user_cannot_make_pools_for_others_and_says_so() {
+    if !can_run("an_irmd_of_an_ordinary_user_cannot_make_pools_for_others_and_says_so") {
+        return;
+    }
+    let bin = AnyoneBin::new();
+    // The IRMd as uid 65534: a wrapper that gives it its run directory, then drops to it.
+    let irmd = bin.0.join("irmd");
+    if std::fs::hard_link(bin_dir().join("irmd"), &irmd).is_err() {
+        std::fs::copy(bin_dir().join("irmd"), &irmd).expect("copy irmd");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wrapper = bin.0.join("irmd-as-nobody");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# irmd --rundir DIR ...\nmkdir -p \"$2\" && chown {NOBODY}:{NOBODY} \"$2\" && \
+             exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups '{}' \"$@\"\n",
+            irmd.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let irmd = Irmd::start(
+        temp_dir("pup-nobody-irmd"),
+        Options::new(&wrapper).rust_log("info").stop(Stop::Term),
+    );
+    let mut host = Host { irmd, bin };
+    let shared = Path::new("/dev/shm").join(format!("{}pool", host.irmd.shm_prefix()));
+    assert_eq!(
+        std::fs::metadata(&shared).expect("the shared pool").uid(),
+        NOBODY,
+        "made by the IRMd's uid"
+    );
+
+    // Its own uid's processes share its pool.
+    host.server(Some(NOBODY), "mine");
+    let out = host.ping(Some(NOBODY), "mine", 5);
+    host.assert_pinged(&out, 5);
+    assert!(
+        !host.pup_exists(NOBODY),
+        "no per-user pool for the IRMd's own uid"
+    );
+
+    // Another uid's announce is refused, clearly.
+    let out = host.ping(Some(OTHER), "mine", 1);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    for words in [
+        "is not privileged",
+        "cannot create the per-user pool",
+        "run the irmd as root",
+        "PermissionDenied",
+    ] {
+        assert!(err.contains(words), "{words:?} not in: {err}");
+    }
+    assert!(!host.pup_exists(OTHER), "nothing half made");
 }
