@@ -4,7 +4,8 @@
 //!   [`IpcpHello`](o7s_proto::irm::IpcpHello), the dispatch of the IRMd's requests to a
 //!   [`runtime::Handler`], requests of its own such as `FlowReqArrived`), and the N+1 flow
 //!   plumbing: relaying SDUs between pool rings by block index, without a copy
-//!   ([`runtime::relay`]).
+//!   ([`runtime::relay`]), or with one copy between two pools (an unprivileged application's
+//!   per-user pool and another, [`runtime::relay_copy`]).
 //! * [`local`]: the local IPCP (`ipcpd-local`): a layer confined to this host, joining an
 //!   allocating application's flow to the accepting application's flow inside the IPCP.
 //!
