@@ -517,6 +517,11 @@ pub fn network_script(l: &Layout, host: &str, nics: &[Nic]) -> String {
     out
 }
 
+/// Steps the VM's clock by `offset` seconds (as root, outside the namespace).
+pub fn clock_step_script(offset: f64) -> String {
+    format!("date -s @$(date +%s.%N | awk '{{ printf \"%.6f\", $1 + ({offset:.6}) }}') >/dev/null")
+}
+
 /// A [`Action::Run`] step: `cmd` under `timeout` (then SIGKILL 5 s later).
 pub fn run_script(cmd: &str, timeout: Duration) -> String {
     format!(
@@ -828,6 +833,15 @@ const SSH_MARGIN: Duration = Duration::from_secs(30);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of one VM's payload upload.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How far (seconds) a VM's clock may be from this machine's before a run sets it.
+const CLOCK_SLACK: f64 = 0.03;
+
+/// Seconds since the Unix epoch on this machine.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// The per-run state in the VMs; dropping it undoes the run on every VM it prepared.
 struct Run<'a> {
@@ -858,6 +872,46 @@ impl Run<'_> {
             );
         }
         Ok(ran.out)
+    }
+
+    /// This machine's time minus the VM's, from `date +%s.%N` over ssh (against the round
+    /// trip's middle; the sample with the shortest of three round trips).
+    fn clock_offset(&self, host: &str) -> Result<f64> {
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..3 {
+            let t0 = unix_now();
+            let ran = self.exec(host, "date +%s.%N", SETUP_TIMEOUT)?;
+            let t1 = unix_now();
+            let vm: f64 = ran
+                .out
+                .trim()
+                .parse()
+                .with_context(|| format!("reading {host}'s clock: {:?}", ran.out.trim()))?;
+            let sample = ((t0 + t1) / 2.0 - vm, t1 - t0);
+            if best.is_none_or(|(_, rtt)| sample.1 < rtt) {
+                best = Some(sample);
+            }
+        }
+        Ok(best.map_or(0.0, |(offset, _)| offset))
+    }
+
+    /// Moves the VM's clock to this machine's when they differ by more than [`CLOCK_SLACK`]:
+    /// VMs without NTP drift apart (their clocks start from a one-second RTC), and OAP refuses
+    /// flow requests stamped more than 100 ms away from the receiver's clock (seen: 312 ms
+    /// between two VMs). The step is relative (the VM adds the offset to its own clock), so
+    /// however long ssh and sudo take does not matter. Returns a note when it moved the clock.
+    fn sync_clock(&self, host: &str) -> Result<Option<String>> {
+        let before = self.clock_offset(host)?;
+        if before.abs() <= CLOCK_SLACK {
+            return Ok(None);
+        }
+        self.setup(host, &clock_step_script(before))?;
+        let after = self.clock_offset(host)?;
+        Ok(Some(format!(
+            "{host}: clock was {:+.0} ms off this machine's, stepped ({:+.0} ms after)",
+            -before * 1e3,
+            -after * 1e3
+        )))
     }
 
     fn clean_up(&mut self) {
@@ -1135,6 +1189,9 @@ impl Backend for Vagrant {
                 .collect();
             if !map.is_empty() {
                 notes.push(format!("{h}: {}", map.join(", ")));
+            }
+            if let Some(note) = run.sync_clock(h)? {
+                notes.push(note);
             }
         }
         notes.push(format!(
@@ -1672,6 +1729,22 @@ mod tests {
         // Recorded for restore.sh before the move.
         let record = n.find(">>/var/tmp/o7svt/nics").unwrap();
         assert!(record < n.find("netns o7svt name").unwrap());
+    }
+
+    #[test]
+    fn clock_step_adds_the_offset_to_the_vm_clock() {
+        // A stand-in `date`: `+%s.%N` prints a fixed time, `-s @T` prints T.
+        let dir = scratch();
+        let fake = "date() { if [ \"$1\" = -s ]; then echo \"set ${2#@}\"; \
+                    else echo 1700000000.250000000; fi; }\n";
+        for (offset, want) in [
+            (-0.5, "set 1699999999.750000"),
+            (1.125, "set 1700000001.375000"),
+        ] {
+            let script = clock_step_script(offset).replace(" >/dev/null", "");
+            let ran = sh(&format!("{fake}{script}"), &dir.0, Duration::from_secs(10));
+            assert_eq!(ran.out.trim(), want, "{script}");
+        }
     }
 
     #[test]

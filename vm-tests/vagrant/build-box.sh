@@ -18,6 +18,13 @@
 # Vagrant's insecure key from the installed vagrant package).
 set -eu
 
+# Mount in a private mount namespace: a mount that propagates into other namespaces stays
+# mounted there after our umount, its journal is never checkpointed, and the first boot
+# replays it over the boot sector (the box booted once, then "not a bootable disk").
+if [ -z "${O7S_BOX_PRIVATE_MOUNTS:-}" ]; then
+    O7S_BOX_PRIVATE_MOUNTS=1 exec unshare --mount --propagation private "$0" "$@"
+fi
+
 out=$(realpath -m "${1:-o7s-bookworm.box}")
 mirror=${O7S_BOX_MIRROR:-http://deb.debian.org/debian}
 size=${O7S_BOX_SIZE:-8G}
@@ -31,7 +38,7 @@ fi
 die() { echo "build-box: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (loop devices, mount, debootstrap)"
 [ -n "$pubkey" ] && [ -f "$pubkey" ] || die "no vagrant.pub found: set O7S_BOX_PUBKEY"
-for tool in debootstrap qemu-img extlinux losetup mkfs.ext4 blkid; do
+for tool in debootstrap qemu-img extlinux losetup mkfs.ext4 blkid dumpe2fs unshare; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install debootstrap qemu-utils extlinux)"
 done
 
@@ -112,6 +119,10 @@ rm -f "$root/etc/machine-id" "$root/var/lib/dbus/machine-id"
 touch "$root/etc/machine-id"
 
 umount "$root"
+# Cleanly unmounted, or the first boot would replay the journal over the boot sector.
+if dumpe2fs -h "$loop" 2>/dev/null | grep -q needs_recovery; then
+    die "the file system was not cleanly unmounted (still mounted elsewhere?)"
+fi
 losetup -d "$loop"
 loop=
 
