@@ -35,6 +35,7 @@ use o7s_proto::irm::{
     BootstrapIpcp, CreateIpcp, HashAlgo, IpcpConfig, IpcpType, RegisterName, RegisterTarget,
     ResponseKind,
 };
+use o7s_testkit::bench::{cpus_for_two, load_average, quantile, us};
 use o7s_testkit::{Irmd, Options, Stop, build_bins, temp_dir};
 
 /// Set in the re-executed child: `server` or `unix`.
@@ -164,7 +165,7 @@ impl Sample {
         self.lat.len() as f64 / self.secs
     }
     fn quantile(&self, q: f64) -> Duration {
-        self.lat[((self.lat.len() - 1) as f64 * q).round() as usize]
+        quantile(&self.lat, q).expect("a window measures at least one run")
     }
     fn p50(&self) -> Duration {
         self.quantile(0.50)
@@ -344,43 +345,12 @@ fn local_ipcp(host: &Irmd) -> u32 {
     pid
 }
 
-/// How many CPUs' worth of time two busy threads get here (2.00 on an idle two-core machine):
-/// every figure below involves two or three processes, so the header reports it.
-fn cpus_for_two() -> f64 {
-    let iterations: u64 = if plan().full { 30_000_000 } else { 1_000_000 };
-    let work = move || {
-        let start = Instant::now();
-        let mut x = 0u64;
-        for i in 0..iterations {
-            x = black_box(x.wrapping_add(i));
-        }
-        black_box(x);
-        start.elapsed()
-    };
-    let one = work();
-    let two = std::thread::scope(|s| {
-        let other = s.spawn(work);
-        let mine = work();
-        mine.max(other.join().expect("CPU check thread panicked"))
-    });
-    2.0 * one.as_secs_f64() / two.as_secs_f64()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} us", d.as_secs_f64() * 1e6)
-}
-
 fn parent_main() {
     let bins = bin_dir();
     let wall = Instant::now();
-    let (load, cpus) = (load_average(), cpus_for_two());
+    // Every figure involves two or three processes: the header says how much CPU two get.
+    let iterations = if plan().full { 30_000_000 } else { 1_000_000 };
+    let (load, cpus) = (load_average(), cpus_for_two(iterations));
     let mut host = Irmd::start(
         temp_dir("bench-irmd"),
         Options::new(bins.join("irmd"))

@@ -6,53 +6,13 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use o7s::aio::AsyncClient;
 use o7s::{FlowEvent, FlowQueue, FlowSet};
+use o7s_testkit::CountingAlloc;
 use util::{TIMEOUT, client, irmd, pair};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to `System`, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` with counting on; returns how many allocations it (and every thread) made.
-fn count(f: impl FnOnce()) -> usize {
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    f();
-    COUNTING.store(false, Ordering::SeqCst);
-    ALLOCS.load(Ordering::SeqCst)
-}
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn the_data_path_does_not_allocate() {
@@ -74,7 +34,7 @@ fn the_data_path_does_not_allocate() {
     for _ in 0..10 {
         round();
     }
-    let blocking = count(|| (0..1000).for_each(|_| round()));
+    let ((), blocking) = ALLOC.count(|| (0..1000).for_each(|_| round()));
     set.remove(&b);
     drop((a, b, set));
 
@@ -94,8 +54,7 @@ fn the_data_path_does_not_allocate() {
         for round in 0..1010 {
             // After 10 rounds of warm-up (tokio's deferred-wake list grows once), count.
             if round == 10 {
-                ALLOCS.store(0, Ordering::SeqCst);
-                COUNTING.store(true, Ordering::SeqCst);
+                ALLOC.start();
             }
             // The read waits first, so each round goes through an event and a wake-up.
             let (read, written) = tokio::join!(b.read(&mut buf), async {
@@ -105,8 +64,7 @@ fn the_data_path_does_not_allocate() {
             read.expect("read");
             written.expect("write");
         }
-        COUNTING.store(false, Ordering::SeqCst);
-        ALLOCS.load(Ordering::SeqCst)
+        ALLOC.stop()
     });
     assert_eq!(
         (blocking, aio),

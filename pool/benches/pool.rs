@@ -32,6 +32,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use o7s_pool::{Access, Pool, PoolConfig};
+use o7s_testkit::bench::{cpus_for_two, load_average, quantile};
 
 /// Set (to anything) in the re-executed child.
 const CHILD_ENV: &str = "O7S_BENCH_CHILD";
@@ -413,8 +414,8 @@ impl PingPong {
     fn from_latencies(mut lat: Vec<u64>, secs: f64) -> Self {
         lat.sort_unstable();
         let trips = lat.len();
-        let median_ns = lat[trips / 2];
-        let p99_ns = lat[(trips * 99 / 100).min(trips - 1)];
+        let at = |q| quantile(&lat, q).expect("a ping-pong window measures at least one trip");
+        let (median_ns, p99_ns) = (at(0.50), at(0.99));
         Self {
             trips,
             secs,
@@ -597,34 +598,6 @@ fn pipe_pingpong(peer: &mut Peer) -> PingPong {
     best_pingpong(runs)
 }
 
-/// How many CPUs' worth of time two busy threads get here (2.00 on an idle two-core machine):
-/// other load on the machine shows up in every two-sided figure, so the table reports it.
-fn cpus_for_two() -> f64 {
-    let work = || {
-        let start = Instant::now();
-        let mut x = 0u64;
-        for i in 0..30_000_000u64 {
-            x = black_box(x.wrapping_add(i));
-        }
-        black_box(x);
-        start.elapsed()
-    };
-    let one = work();
-    let two = std::thread::scope(|s| {
-        let other = s.spawn(work);
-        let mine = work();
-        mine.max(other.join().expect("CPU check thread panicked"))
-    });
-    2.0 * one.as_secs_f64() / two.as_secs_f64()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// The floor for any shared-memory ping-pong here: one atomic word bounced between two
 /// spinning threads (one cache-line transfer each way).
 fn atomic_pingpong() -> PingPong {
@@ -694,7 +667,8 @@ fn parent_main() {
     let shards = layout.config.shards;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load_before = load_average();
-    let cpu_check = cpus_for_two();
+    // Other load shows up in every two-sided figure: the table says how much CPU two get.
+    let cpu_check = cpus_for_two(30_000_000);
 
     println!("o7s-pool benchmark: pool {name:?} (PoolConfig::shared_default), pid {me}");
     println!(

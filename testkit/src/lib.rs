@@ -1,17 +1,27 @@
-//! Test harness shared by the integration tests of several packages (a dev-dependency only):
+//! Test harness shared by the integration tests and benches of several packages (a
+//! dev-dependency only):
 //!
 //! - [`build_bins`]: builds binaries of other packages into the test's target directory;
-//! - [`Irmd`]: a real `irmd` on a temporary run directory, stopped (with its IPCPs and the
-//!   processes started through it) and cleaned up on drop;
+//! - `Irmd`: a real `irmd` on a temporary run directory, stopped (with its IPCPs and the
+//!   processes started through it) and cleaned up on drop (feature `hosts`, on by default);
 //! - [`process`]: running tool processes with timeouts, reading their output line by line;
-//! - [`netns`]: a pair of network namespaces joined by a veth pair, deleted on drop.
+//! - `netns`: a pair of network namespaces joined by a veth pair, deleted on drop (feature
+//!   `hosts`);
+//! - [`CountingAlloc`]: the global allocator of the tests that check a path allocates nothing;
+//! - [`bench`]: quantiles and the machine facts (load, CPUs two threads get) the benches report.
 
+mod alloc;
+pub mod bench;
 mod build;
+#[cfg(feature = "hosts")]
 mod irmd;
+#[cfg(feature = "hosts")]
 pub mod netns;
 pub mod process;
 
+pub use alloc::CountingAlloc;
 pub use build::{build_bins, cargo_build};
+#[cfg(feature = "hosts")]
 pub use irmd::{Irmd, Options, Stop, temp_dir};
 pub use process::{Lines, run, run_timed, text, wait_output};
 
@@ -19,6 +29,7 @@ use std::time::Duration;
 
 /// Declares `[$vis] struct $name(Irmd)`, a test's own host type around an [`Irmd`] (for the test's
 /// helpers), that derefs to the [`Irmd`].
+#[cfg(feature = "hosts")]
 #[macro_export]
 macro_rules! irmd_host {
     ($(#[$meta:meta])* $vis:vis $name:ident) => {

@@ -37,7 +37,6 @@
 mod netns;
 
 use std::fmt::Write as _;
-use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -49,6 +48,7 @@ use netns::{NetnsPair, TestPool, allocate_flow_until, clock, spawn_in_netns};
 use o7s_ebpf::{Mode, SteerProgram};
 use o7s_pool::{ClassConfig, FRAME_SIZE, Pool, PoolConfig, RingReader};
 use o7s_proto::dix::{DEFAULT_ETHERTYPE, HEADER_LEN};
+use o7s_testkit::bench::{cpus_for_two, load_average, quantile, us};
 use o7s_xdp_ipcp::sys::{self, PoolUmem, RecvMeta};
 use o7s_xdp_ipcp::{AnyBackend, EthIpcp, IpcpConfig, ModeChoice, RingSizes};
 use xdpilone::xdp::XdpDesc;
@@ -990,11 +990,10 @@ fn session(kind: Kind, pair: &NetnsPair, macs: [[u8; 6]; 2], plan: &'static Plan
                     }
                     let mut rtts = std::mem::take(&mut *ctl.rtts.lock().expect("rtts"));
                     rtts.sort_unstable();
-                    if !rtts.is_empty() {
-                        let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+                    if let (Some(p50), Some(p99)) = (quantile(&rtts, 0.50), quantile(&rtts, 0.99)) {
                         out.rtt = Some(RoundTrip {
-                            p50: at(0.50),
-                            p99: at(0.99),
+                            p50,
+                            p99,
                             trips: rtts.len(),
                             lost: ctl.rtt_lost.load(Ordering::SeqCst),
                         });
@@ -1026,38 +1025,6 @@ fn session(kind: Kind, pair: &NetnsPair, macs: [[u8; 6]; 2], plan: &'static Plan
 }
 
 // ---- report -------------------------------------------------------------------------------------
-
-/// How many CPUs' worth of time two busy threads get here (2.00 on an idle two-core machine):
-/// other load shows up in every figure, so the header reports it.
-fn cpus_for_two(iterations: u64) -> f64 {
-    let work = move || {
-        let start = Instant::now();
-        let mut x = 0u64;
-        for i in 0..iterations {
-            x = black_box(x.wrapping_add(i));
-        }
-        black_box(x);
-        start.elapsed()
-    };
-    let one = work();
-    let two = thread::scope(|s| {
-        let other = s.spawn(work);
-        let mine = work();
-        mine.max(other.join().expect("CPU check thread panicked"))
-    });
-    2.0 * one.as_secs_f64() / two.as_secs_f64()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn fmt_us(d: Duration) -> String {
-    format!("{:.1} us", d.as_secs_f64() * 1e6)
-}
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
@@ -1171,7 +1138,7 @@ fn main() {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             let (p50, p99) = match (&s.rtt, *size == RTT_SIZE) {
-                (Some(r), true) => (fmt_us(r.p50), fmt_us(r.p99)),
+                (Some(r), true) => (us(r.p50), us(r.p99)),
                 _ => ("-".into(), "-".into()),
             };
             println!(

@@ -7,45 +7,14 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
+use o7s_testkit::CountingAlloc;
 use o7s_xdp_ipcp::Instant;
 use o7s_xdp_ipcp::RxAction;
 use o7s_xdp_ipcp::liveness::{Action, LivenessTable};
 use util::{Pair, RAW_QOS};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to `System`, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn liveness_does_not_allocate() {
@@ -58,7 +27,7 @@ fn liveness_does_not_allocate() {
         table.insert(64 + i * 19, u32::from(i % 8) * 50, Instant::ZERO);
     }
 
-    COUNTING.store(true, Ordering::SeqCst);
+    ALLOC.start();
     let mut empties = 0;
     for _ in 0..1000 {
         p.a.write_header(ea, 0, &mut keepalive).expect("header");
@@ -90,11 +59,11 @@ fn liveness_does_not_allocate() {
             }
         }
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOC.stop();
     assert_eq!(empties, 1000);
     assert!(
         keepalives > 200 && gone > 50,
         "{keepalives} keepalives, {gone} gone"
     );
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "liveness allocated");
+    assert_eq!(allocs, 0, "liveness allocated");
 }

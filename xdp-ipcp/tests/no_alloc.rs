@@ -5,43 +5,12 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
+use o7s_testkit::CountingAlloc;
 use o7s_xdp_ipcp::RxAction;
 use util::{Pair, RAW_QOS};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to `System`, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn data_path_does_not_allocate() {
@@ -52,7 +21,7 @@ fn data_path_does_not_allocate() {
     let mut wrong_type = frame.clone();
     let runt = [0u8; 10];
 
-    COUNTING.store(true, Ordering::SeqCst);
+    ALLOC.start();
     let mut delivered = 0;
     for _ in 0..1000 {
         let header: &mut [u8; 18] = (&mut frame[..18]).try_into().unwrap();
@@ -70,7 +39,7 @@ fn data_path_does_not_allocate() {
         assert!(matches!(p.b.classify_rx(&runt), RxAction::Drop(_)));
         assert!(p.a.check_sdu_len(100_000).is_err());
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOC.stop();
     assert_eq!(delivered, 1000);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "the data path allocated");
+    assert_eq!(allocs, 0, "the data path allocated");
 }
