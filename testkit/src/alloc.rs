@@ -17,17 +17,34 @@
 //!
 //! and measures with [`CountingAlloc::count`] (or [`start`](CountingAlloc::start) /
 //! [`stop`](CountingAlloc::stop) around code that cannot sit in one closure, such as part of an
-//! async block). Every thread's allocations count while counting is on, so such a binary should
-//! hold a single test: another test thread allocating meanwhile would be counted too.
+//! async block). Those count every thread's allocations, as they must where the code under test
+//! has threads of its own; such a binary should hold a single test, and even then the test
+//! harness's main thread may allocate while it counts (it does the first time it sleeps waiting
+//! for the test, which can come after the test has started counting on a loaded machine). Code
+//! that runs on the calling thread alone is measured with
+//! [`count_this_thread`](CountingAlloc::count_this_thread), which no other thread disturbs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Forwards every call unchanged to [`System`]; while counting is on, it counts each allocation
-/// and reallocation (frees are not counted).
+/// and reallocation (frees are not counted) of every thread, or of one.
 pub struct CountingAlloc {
     counting: AtomicBool,
     allocs: AtomicUsize,
+    /// The thread whose allocations count ([`this_thread`]), or 0 for every thread.
+    thread: AtomicUsize,
+}
+
+thread_local! {
+    /// Only its address is used: it tells the threads apart. Constant-initialized and without
+    /// a destructor, so reading it never allocates (it is read inside the allocator).
+    static THREAD_MARK: u8 = const { 0 };
+}
+
+/// A number for the calling thread, different from every other live thread's, never 0.
+fn this_thread() -> usize {
+    THREAD_MARK.with(|mark| std::ptr::from_ref(mark).addr())
 }
 
 impl CountingAlloc {
@@ -36,17 +53,29 @@ impl CountingAlloc {
         Self {
             counting: AtomicBool::new(false),
             allocs: AtomicUsize::new(0),
+            thread: AtomicUsize::new(0),
         }
     }
 
-    /// Sets the count to zero and starts counting.
+    /// Sets the count to zero and starts counting every thread's allocations.
     pub fn start(&self) {
+        self.start_for(0);
+    }
+
+    /// Sets the count to zero and starts counting the calling thread's allocations only.
+    pub fn start_this_thread(&self) {
+        self.start_for(this_thread());
+    }
+
+    fn start_for(&self, thread: usize) {
+        self.counting.store(false, Ordering::SeqCst);
+        self.thread.store(thread, Ordering::SeqCst);
         self.allocs.store(0, Ordering::SeqCst);
         self.counting.store(true, Ordering::SeqCst);
     }
 
-    /// Stops counting; returns how many allocations were made (by every thread) since
-    /// [`start`](Self::start).
+    /// Stops counting; returns how many allocations were counted since
+    /// [`start`](Self::start) or [`start_this_thread`](Self::start_this_thread).
     pub fn stop(&self) -> usize {
         self.counting.store(false, Ordering::SeqCst);
         self.allocs.load(Ordering::SeqCst)
@@ -60,9 +89,20 @@ impl CountingAlloc {
         (r, self.stop())
     }
 
+    /// Runs `f` counting the calling thread's allocations only; returns its result and how
+    /// many it made.
+    pub fn count_this_thread<R>(&self, f: impl FnOnce() -> R) -> (R, usize) {
+        self.start_this_thread();
+        let r = f();
+        (r, self.stop())
+    }
+
     fn note(&self) {
         if self.counting.load(Ordering::Relaxed) {
-            self.allocs.fetch_add(1, Ordering::Relaxed);
+            let thread = self.thread.load(Ordering::Relaxed);
+            if thread == 0 || thread == this_thread() {
+                self.allocs.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -136,5 +176,40 @@ mod tests {
         alloc(&a);
         assert_eq!(a.stop(), 6);
         assert_eq!(a.stop(), 6, "stopped: the count stays");
+    }
+
+    /// Every thread's allocations count, or the starting thread's alone.
+    #[test]
+    fn counts_every_thread_or_this_one() {
+        let a = CountingAlloc::new();
+        let layout = Layout::from_size_align(32, 8).expect("layout");
+        let alloc = || {
+            // SAFETY: a non-zero-sized layout, freed with the same layout.
+            unsafe {
+                let p = a.alloc(layout);
+                assert!(!p.is_null());
+                a.dealloc(p, layout);
+            }
+        };
+        let on_another_thread = || std::thread::scope(|s| s.spawn(alloc).join().expect("join"));
+        let ((), n) = a.count(|| {
+            alloc();
+            on_another_thread();
+        });
+        assert_eq!(n, 2, "every thread");
+        let ((), n) = a.count_this_thread(|| {
+            alloc();
+            on_another_thread();
+            alloc();
+        });
+        assert_eq!(n, 2, "this thread only");
+        let ((), n) = std::thread::scope(|s| {
+            s.spawn(|| a.count_this_thread(on_another_thread))
+                .join()
+                .expect("join")
+        });
+        assert_eq!(n, 0, "the counting thread did not allocate");
+        let ((), n) = a.count(on_another_thread);
+        assert_eq!(n, 1, "every thread again after count_this_thread");
     }
 }
