@@ -383,13 +383,26 @@ impl Pool {
     /// As [`Pool::try_alloc`] with a headroom of the caller's choice (e.g. small control
     /// packets that need few lower headers, which then fit the smallest class).
     pub fn try_alloc_with(&self, len: usize, headroom: usize) -> Result<Packet<'_>> {
+        self.alloc_in(len, headroom, Lock::Wait)
+    }
+
+    /// As [`Pool::try_alloc`], but never waits for a shard's lock either: a shard whose lock
+    /// is taken is skipped (trylock; a dead holder's shard is repaired as usual), and
+    /// [`Error::WouldBlock`] means "no block, or none without waiting". For a privileged
+    /// process allocating in a pool that less trusted processes can write (a per-user pool),
+    /// whose holder of a shard lock may stop and never let go.
+    pub fn try_alloc_nowait(&self, len: usize) -> Result<Packet<'_>> {
+        self.alloc_in(len, self.layout.config.headroom as usize, Lock::Try)
+    }
+
+    fn alloc_in(&self, len: usize, headroom: usize, lock: Lock) -> Result<Packet<'_>> {
         let too_large = Error::TooLarge {
             len,
             max: self.layout.max_len(),
         };
         let first = self.layout.class_for(len, headroom).ok_or(too_large)?;
         for c in first..self.layout.classes.len() {
-            if let Some(index) = self.take_block(c) {
+            if let Some(index) = self.take_block(c, lock) {
                 let (head, tail) = (headroom as u32, (headroom + len) as u32);
                 return Ok(Packet::new(self, index, head, tail));
             }
@@ -411,7 +424,7 @@ impl Pool {
     /// Allocates a frame-class block (for the AF_XDP fill ring), never another class.
     pub fn try_alloc_frame(&self) -> Result<Packet<'_>> {
         let head = self.layout.config.headroom;
-        self.take_block(self.layout.frame_class)
+        self.take_block(self.layout.frame_class, Lock::Wait)
             .map(|index| Packet::new(self, index, head, head))
             .ok_or(Error::WouldBlock {
                 what: "frame blocks",
@@ -453,10 +466,10 @@ impl Pool {
 
     /// A block of class `c`, now `Owned` by this process: from the local cache, else from the
     /// shared free lists (refilling the cache on the way).
-    fn take_block(&self, c: usize) -> Option<u32> {
+    fn take_block(&self, c: usize, lock: Lock) -> Option<u32> {
         let cache = &self.caches[c];
         if cache.capacity == 0 {
-            return self.pop_any(c, Place::Owned { pid: self.pid });
+            return self.pop_any(c, Place::Owned { pid: self.pid }, lock);
         }
         let cached = DescWord::new(Place::Cached { pid: self.pid }).encode();
         let owned = DescWord::new(Place::Owned { pid: self.pid }).encode();
@@ -481,6 +494,7 @@ impl Pool {
                     c,
                     (home + k) % shards,
                     Place::Cached { pid: self.pid },
+                    lock,
                     |index| {
                         blocks.push(index);
                         blocks.len() < want
@@ -545,15 +559,15 @@ impl Pool {
         }
     }
 
-    fn pop_any(&self, c: usize, to: Place) -> Option<u32> {
+    fn pop_any(&self, c: usize, to: Place, lock: Lock) -> Option<u32> {
         let shards = self.layout.config.shards;
         let home = self.pid % shards;
-        (0..shards).find_map(|k| self.pop(c, (home + k) % shards, to))
+        (0..shards).find_map(|k| self.pop(c, (home + k) % shards, to, lock))
     }
 
-    fn pop(&self, c: usize, s: u32, to: Place) -> Option<u32> {
+    fn pop(&self, c: usize, s: u32, to: Place, lock: Lock) -> Option<u32> {
         let mut got = None;
-        self.pop_each(c, s, to, |index| {
+        self.pop_each(c, s, to, lock, |index| {
             got = Some(index);
             false
         });
@@ -561,14 +575,21 @@ impl Pool {
     }
 
     /// Pops blocks from shard `s` of class `c` under one lock, marking each `to`, and hands them
-    /// to `sink` until it returns false or the shard is empty.
-    fn pop_each(&self, c: usize, s: u32, to: Place, mut sink: impl FnMut(u32) -> bool) {
+    /// to `sink` until it returns false or the shard is empty. With [`Lock::Try`], a shard
+    /// whose lock is taken gives nothing.
+    fn pop_each(&self, c: usize, s: u32, to: Place, lock: Lock, mut sink: impl FnMut(u32) -> bool) {
         let class = &self.layout.classes[c];
         let shard = self.shard(c, s);
         if shard.count.load(Ordering::Relaxed) == 0 {
             return; // a racy peek that saves a lock on an empty shard
         }
-        let _guard = self.lock_shard(c, s);
+        let _guard = match lock {
+            Lock::Wait => self.lock_shard(c, s),
+            Lock::Try => match self.try_lock_shard(c, s) {
+                Some(guard) => guard,
+                None => return,
+            },
+        };
         let free = DescWord::new(Place::Free { shard: s }).encode();
         let owned = DescWord::new(to).encode();
         loop {
@@ -1009,6 +1030,24 @@ impl Pool {
         ShardGuard { mutex: Some(m) }
     }
 
+    /// As [`Pool::lock_shard`] without waiting: `None` while another thread or process holds
+    /// the lock. A dead holder's shard is repaired exactly as there.
+    pub(crate) fn try_lock_shard(&self, c: usize, s: u32) -> Option<ShardGuard> {
+        let m = self.shard_mutex(c, s);
+        // SAFETY: the mutex was initialised by the creator before `ready` was published.
+        match unsafe { sys::robust_mutex_trylock(m) } {
+            Ok(Some(LockOutcome::Locked)) => Some(ShardGuard { mutex: Some(m) }),
+            Ok(Some(LockOutcome::OwnerDied)) => {
+                self.rebuild_shard(c, s);
+                // SAFETY: we hold the lock after EOWNERDEAD and have repaired the data.
+                unsafe { sys::robust_mutex_consistent(m) };
+                Some(ShardGuard { mutex: Some(m) })
+            }
+            // Held, or unusable (ENOTRECOVERABLE): either way, not now.
+            Ok(None) | Err(_) => None,
+        }
+    }
+
     /// The repair after a holder died: the stack becomes exactly the shard's free blocks.
     fn rebuild_shard(&self, c: usize, s: u32) {
         let class = &self.layout.classes[c];
@@ -1043,6 +1082,13 @@ impl Pool {
             class.block_size,
         )
     }
+}
+
+/// Whether taking a block may wait for a shard's lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Wait,
+    Try,
 }
 
 pub(crate) struct ShardGuard {
@@ -1105,6 +1151,21 @@ impl Pool {
             self.stack_slot(&class, 0, 0)
                 .store(u32::MAX, Ordering::Relaxed);
         }
+        println!("locked");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    /// Test hook: takes every shard lock of every class, says "locked" and sleeps forever
+    /// holding them (as a stopped or malicious process of a per-user pool would).
+    #[doc(hidden)]
+    pub fn debug_hold_shard_locks(&self) {
+        let shards = self.layout.config.shards;
+        let _guards: Vec<ShardGuard> = (0..self.layout.classes.len())
+            .flat_map(|c| (0..shards).map(move |s| (c, s)))
+            .map(|(c, s)| self.lock_shard(c, s))
+            .collect();
         println!("locked");
         loop {
             std::thread::sleep(Duration::from_secs(3600));

@@ -183,3 +183,40 @@ fn reclaim_leaves_blocks_queued_for_a_live_reader() {
     pool.flush_caches(); // the packets read here went to this process's local cache
     assert_eq!(pool.verify().free, pool.layout().total_blocks);
 }
+
+/// A process that holds every shard lock (stopped, or malicious: a per-user pool is writable by
+/// its user) cannot make `try_alloc_nowait` wait; once it dies, the same call repairs the
+/// shards (EOWNERDEAD) and finds every block.
+#[test]
+fn nowait_allocation_skips_held_shard_locks_and_repairs_after_death() {
+    let (name, pool) = create("nowait", &PoolConfig::small());
+    let mut child = spawn(&["hold-locks", &name.0]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "locked", "the holder says it holds every lock");
+    for _ in 0..1000 {
+        let start = Instant::now();
+        let got = pool.try_alloc_nowait(1);
+        assert!(
+            matches!(got, Err(ref e) if e.is_would_block()),
+            "every shard is held: {got:?}"
+        );
+        assert!(start.elapsed() < Duration::from_millis(100), "did not wait");
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    // Headroom 256 + 1 byte + tailroom: every class but the smallest fits.
+    let fitting: u32 = pool.layout().classes[1..].iter().map(|c| c.blocks).sum();
+    let all: Vec<_> = std::iter::from_fn(|| pool.try_alloc_nowait(1).ok())
+        .take(fitting as usize + 1)
+        .collect();
+    assert_eq!(
+        all.len(),
+        fitting as usize,
+        "every shard repaired and usable again"
+    );
+    drop(all);
+    assert_verified(&pool);
+}

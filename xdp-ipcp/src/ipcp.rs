@@ -659,13 +659,14 @@ impl<'p> EthIpcp<'p> {
                 }
                 let index = match flows.get(usize::from(eid)).and_then(Option::as_ref) {
                     // Into the application's pool; the frame's block goes back to ours as
-                    // `packet` drops. An empty pool is a drop: the receive path never waits.
+                    // `packet` drops. An empty pool, or a shard lock its user holds, is a drop:
+                    // the receive path never waits.
                     Some(Sink::Copy { pool: theirs, .. }) => {
                         let Some(sdu) = packet.data().get(payload) else {
                             stats.layer_drops += 1;
                             return;
                         };
-                        let Ok(mut copy) = theirs.try_alloc(sdu.len()) else {
+                        let Ok(mut copy) = theirs.try_alloc_nowait(sdu.len()) else {
                             stats.rx_pool_empty += 1;
                             layer.count_flow_drops(eid, 1);
                             return;

@@ -8,6 +8,7 @@
 //! o7s-pool-tool produce POOL RING|- COUNT           write COUNT numbered packets (sizes vary)
 //! o7s-pool-tool consume POOL RING|- COUNT           read and check COUNT numbered packets
 //! o7s-pool-tool hang-in-lock POOL                   take a shard lock, half-pop, then sleep
+//! o7s-pool-tool hold-locks POOL                     take every shard lock, then sleep
 //! ```
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         "produce" => produce(arg(1), ring_id(arg(2)), num(3)),
         "consume" => consume(arg(1), ring_id(arg(2)), num(3)),
         "hang-in-lock" => Pool::open(arg(1)).map(|p| p.debug_hang_in_lock()),
+        "hold-locks" => Pool::open(arg(1)).map(|p| p.debug_hold_shard_locks()),
         other => {
             eprintln!("o7s-pool-tool: unknown command {other:?} (see the source's doc comment)");
             return ExitCode::from(2);
