@@ -83,16 +83,16 @@ routing, ls_*, congestion, ip, port, dns) are recognised but not supported yet."
 const IPCP_ENROLL_USAGE: &str = "\
 Usage: irm ipcp enroll name <name> [layer <layer>] [dst <dst>] [type unicast|broadcast]
                        [autobind]
-(not supported yet: the IRM protocol has no enrollment request)";
+(not supported yet: enrolment is for unicast and broadcast IPCPs, which o7s does not have yet)";
 
 const IPCP_CONNECT_USAGE: &str = "\
 Usage: irm ipcp connect name <name> dst <dst> [component dt|mgmt]
                         [qos raw|best|voice|video|data]
-(not supported yet: the IRM protocol has no connect request)";
+(not supported yet: connect joins unicast IPCP components, and o7s has no unicast IPCP yet)";
 
 const IPCP_DISCONNECT_USAGE: &str = "\
 Usage: irm ipcp disconnect name <name> dst <dst> [component dt|mgmt]
-(not supported yet: the IRM protocol has no disconnect request)";
+(not supported yet: disconnect is for unicast IPCP components, and o7s has no unicast IPCP yet)";
 
 const IPCP_LIST_USAGE: &str = "\
 Usage: irm ipcp list [type <type>] [name <pattern>] [layer <pattern>]";
@@ -1196,6 +1196,25 @@ impl fmt::Display for RunError {
     }
 }
 
+/// `ipcp enroll`, `connect` and `disconnect` act on unicast (and broadcast) IPCPs only.
+fn needs_unicast(command: &Command) -> RunError {
+    let what = match command {
+        Command::IpcpEnroll { .. } => {
+            "ipcp enroll is not supported yet: enrolment is for unicast and broadcast IPCPs, \
+             which o7s does not have yet (local and eth-dix IPCPs are bootstrapped)"
+        }
+        Command::IpcpConnect { .. } => {
+            "ipcp connect is not supported yet: it joins unicast IPCP components, and o7s has \
+             no unicast IPCP yet"
+        }
+        _ => {
+            "ipcp disconnect is not supported yet: it acts on unicast IPCP components, and o7s \
+             has no unicast IPCP yet"
+        }
+    };
+    RunError::NotSupported(what.to_owned())
+}
+
 fn not_in_protocol(what: &str, missing: &str) -> RunError {
     RunError::NotSupported(format!(
         "{what} is not supported yet: the IRM protocol has no {missing}"
@@ -1331,14 +1350,10 @@ pub fn run(invocation: &Invocation) -> Result<(String, Vec<String>), RunError> {
     // Commands the protocol lacks fail before touching the IRMd.
     match command {
         Command::Help(text) => return Ok(((*text).to_owned(), warnings)),
-        Command::IpcpEnroll { .. } => {
-            return Err(not_in_protocol("ipcp enroll", "enrollment request"));
-        }
-        Command::IpcpConnect { .. } => {
-            return Err(not_in_protocol("ipcp connect", "connect request"));
-        }
-        Command::IpcpDisconnect { .. } => {
-            return Err(not_in_protocol("ipcp disconnect", "disconnect request"));
+        Command::IpcpEnroll { .. }
+        | Command::IpcpConnect { .. }
+        | Command::IpcpDisconnect { .. } => {
+            return Err(needs_unicast(command));
         }
         Command::IpcpBootstrap(b) if !b.unsupported.is_empty() => {
             let keys: Vec<&str> = b.unsupported.iter().map(|(k, _)| *k).collect();
@@ -1407,11 +1422,9 @@ fn execute(
             Ok(String::new())
         }
         Command::IpcpBootstrap(b) => bootstrap(irm, b, warnings),
-        Command::IpcpEnroll { .. } => Err(not_in_protocol("ipcp enroll", "enrollment request")),
-        Command::IpcpConnect { .. } => Err(not_in_protocol("ipcp connect", "connect request")),
-        Command::IpcpDisconnect { .. } => {
-            Err(not_in_protocol("ipcp disconnect", "disconnect request"))
-        }
+        Command::IpcpEnroll { .. }
+        | Command::IpcpConnect { .. }
+        | Command::IpcpDisconnect { .. } => Err(needs_unicast(command)),
         Command::IpcpList {
             ipcp_type,
             name,
