@@ -137,6 +137,97 @@ fn shm_objects(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a shared-memory object of our prefix is, from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShmKind {
+    /// `<prefix>.pool`: the shared pool, which a live IRMd of this prefix always holds.
+    SharedPool,
+    /// `<prefix>.pup.<uid>`: a per-user pool, which only an IRMd of this prefix uses.
+    UserPool,
+    /// `<pool>.ev.<pid>.<token>`: an event set made by process `pid`.
+    EventSet { pid: u32 },
+    /// Anything else.
+    Other,
+}
+
+/// Classifies `name`, an object under `<prefix>.`.
+fn shm_kind(prefix: &str, name: &str) -> ShmKind {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else {
+        return ShmKind::Other;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // The pool part: `pool` or `pup.<uid>`; what follows it, if anything.
+    let (pool, tail) = if let Some(t) = rest.strip_prefix("pool") {
+        (ShmKind::SharedPool, t)
+    } else if let Some(t) = rest.strip_prefix("pup.") {
+        let end = t.find('.').unwrap_or(t.len());
+        if !digits(&t[..end]) {
+            return ShmKind::Other;
+        }
+        (ShmKind::UserPool, &t[end..])
+    } else {
+        return ShmKind::Other;
+    };
+    if tail.is_empty() {
+        return pool;
+    }
+    let Some((pid, token)) = tail.strip_prefix(".ev.").and_then(|t| t.split_once('.')) else {
+        return ShmKind::Other;
+    };
+    let hex = !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit());
+    match pid.parse::<u32>() {
+        Ok(n) if digits(pid) && hex => ShmKind::EventSet { pid: n },
+        _ => ShmKind::Other,
+    }
+}
+
+/// Whether process `pid` exists (a reused pid counts as alive: its object is then kept, the
+/// safe side).
+fn pid_exists(pid: u32) -> bool {
+    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes a leftover shared-memory object, logging what happened.
+fn remove_leftover(name: &str) {
+    match std::fs::remove_file(Path::new(SHM_DIR).join(name)) {
+        Ok(()) => info!(object = %name, "removed stale shared-memory object"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(object = %name, "cannot remove stale object: {e}"),
+    }
+}
+
+/// Start-up with the lock held and no stale pid in the lockfile (the previous IRMd, if any,
+/// stopped cleanly): the objects of `prefix` left by others. A shared pool (or an object we
+/// cannot name) belongs to a live IRMd on another run directory with the same prefix, which
+/// the lockfile cannot see: that is refused. Per-user pools and event sets are only used with
+/// a shared pool of the prefix, so without one they are leftovers (an event set of a client
+/// killed after its IRMd stopped, say): those of dead owners are removed, an event set of a
+/// process still alive is left to it.
+fn clean_start_leftovers(prefix: &str, objects: Vec<String>) -> Result<(), String> {
+    let kinds: Vec<(String, ShmKind)> = objects
+        .into_iter()
+        .map(|n| {
+            let k = shm_kind(prefix, &n);
+            (n, k)
+        })
+        .collect();
+    if let Some((name, _)) = kinds
+        .iter()
+        .find(|(_, k)| matches!(k, ShmKind::SharedPool | ShmKind::Other))
+    {
+        return Err(name.clone());
+    }
+    for (name, kind) in kinds {
+        match kind {
+            ShmKind::EventSet { pid } if pid_exists(pid) => {
+                info!(object = %name, pid, "leftover event set of a live process; left alone");
+            }
+            _ => remove_leftover(&name),
+        }
+    }
+    Ok(())
+}
+
 /// A started IRMd: it holds its run directory, its pool and its listening socket.
 #[derive(Debug)]
 pub struct Irmd {
@@ -247,12 +338,9 @@ impl Irmd {
                 "a previous irmd died without cleaning up; removing its leftovers"
             );
             for name in shm_objects(prefix) {
-                match std::fs::remove_file(Path::new(SHM_DIR).join(&name)) {
-                    Ok(()) => info!(object = %name, "removed stale shared-memory object"),
-                    Err(e) => warn!(object = %name, "cannot remove stale object: {e}"),
-                }
+                remove_leftover(&name);
             }
-        } else if let Some(name) = shm_objects(prefix).into_iter().next() {
+        } else if let Err(name) = clean_start_leftovers(prefix, shm_objects(prefix)) {
             let _ = lock.release();
             return Err(StartError::ShmInUse {
                 name,
@@ -1260,5 +1348,62 @@ fn end_process(state: &State, pid: u32, how: EndState) {
     );
     for flow in &finished {
         destroy_rings(state, flow);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn shm_names_are_classified() {
+        let p = "o7s-00ff";
+        assert_eq!(shm_kind(p, "o7s-00ff.pool"), ShmKind::SharedPool);
+        assert_eq!(shm_kind(p, "o7s-00ff.pup.1000"), ShmKind::UserPool);
+        assert_eq!(
+            shm_kind(p, "o7s-00ff.pool.ev.42.0000001f"),
+            ShmKind::EventSet { pid: 42 }
+        );
+        assert_eq!(
+            shm_kind(p, "o7s-00ff.pup.1000.ev.7.1"),
+            ShmKind::EventSet { pid: 7 }
+        );
+        for other in [
+            "o7s-00ff.set.12345",
+            "o7s-00ff.pup.",
+            "o7s-00ff.pup.x",
+            "o7s-00ff.pool.ev.42",
+            "o7s-00ff.pool.ev.42.",
+            "o7s-00ff.pool.ev.+4.1",
+            "o7s-00ff.pool.ev.4.xyz",
+            "o7s-00ff.poolx",
+            "o7s-00ffpool",
+            "other.pool",
+        ] {
+            assert_eq!(shm_kind(p, other), ShmKind::Other, "{other}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn shm_kind_round_trips(uid in any::<u32>(), pid in any::<u32>(), token in any::<u32>(),
+                                user in any::<bool>()) {
+            let pool = if user {
+                pool_name("o7s", Access::User { uid })
+            } else {
+                pool_name("o7s", Access::Shared)
+            };
+            let whole = if user { ShmKind::UserPool } else { ShmKind::SharedPool };
+            prop_assert_eq!(shm_kind("o7s", &pool), whole);
+            let set = format!("{pool}.ev.{pid}.{token:08x}");
+            prop_assert_eq!(shm_kind("o7s", &set), ShmKind::EventSet { pid });
+        }
+
+        #[test]
+        fn shm_kind_takes_any_name(name in "\\PC{0,40}") {
+            let _ = shm_kind("o7s", &name);
+            let _ = shm_kind("o7s", &format!("o7s.{name}"));
+        }
     }
 }

@@ -520,6 +520,52 @@ fn sigkill_then_restart_cleans_the_leftovers() {
     assert!(status.success());
 }
 
+#[test]
+fn a_dead_clients_event_set_after_a_clean_stop_is_removed_at_start() {
+    let mut host = Host::start();
+    let status = host.signal(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", host.log());
+    // A client killed after the irmd stopped leaves its event sets. A pid above the kernel's
+    // pid_max cannot be alive.
+    let dead = Path::new("/dev/shm").join(format!("{}.pool.ev.4194305.1", host.prefix()));
+    std::fs::write(&dead, b"x").expect("fake event set");
+    let pup = Path::new("/dev/shm").join(format!("{}.pup.4000000", host.prefix()));
+    std::fs::write(&pup, b"x").expect("fake per-user pool");
+    // One of a live process (this one) is left to it.
+    let live = Path::new("/dev/shm").join(format!(
+        "{}.pool.ev.{}.2",
+        host.prefix(),
+        std::process::id()
+    ));
+    std::fs::write(&live, b"x").expect("fake live event set");
+
+    host.launch();
+    host.assert_serving();
+    assert!(
+        !dead.exists(),
+        "dead client's event set left: {}",
+        host.log()
+    );
+    assert!(!pup.exists(), "leftover per-user pool left: {}", host.log());
+    assert!(live.exists(), "a live process's event set removed");
+    let _ = std::fs::remove_file(&live);
+    assert!(host.signal(Signal::SIGTERM).success());
+}
+
+#[test]
+fn another_irmds_pool_of_the_same_prefix_is_refused() {
+    let mut host = Host::start();
+    assert!(host.signal(Signal::SIGTERM).success());
+    // A live irmd on another run directory with this prefix holds the shared pool.
+    std::fs::write(host.pool_path(), b"x").expect("fake pool");
+    let (mut child, log) = host.spawn_irmd();
+    let status = wait_exit(&mut child);
+    assert!(!status.success());
+    let text = read(&log);
+    assert!(text.contains("another irmd uses prefix"), "{text}");
+    assert!(host.pool_path().exists(), "a live irmd's pool removed");
+}
+
 /// Not a test on its own: the process `a_dead_process_is_forgotten` starts. It announces
 /// itself, binds to a name, takes five pool blocks, says so on stdout and waits to be killed.
 #[test]
