@@ -333,6 +333,44 @@ impl RxRun {
     }
 }
 
+/// The flows whose peer timed out, oldest first, until the loop drains them: a FIFO with room
+/// for every eid, made at open, and a flag per eid so each is queued at most once. A push
+/// therefore never allocates (the queue cannot outgrow its capacity) and never drops a notice
+/// (an eid already queued is still to be reported).
+struct GoneQueue {
+    order: VecDeque<u16>,
+    queued: Vec<bool>,
+}
+
+impl GoneQueue {
+    fn new() -> Self {
+        Self {
+            order: VecDeque::with_capacity(usize::from(EID_END)),
+            queued: vec![false; usize::from(EID_END)],
+        }
+    }
+
+    /// Queues `eid` unless it is queued already (or out of range: no flow has it).
+    fn push(&mut self, eid: u16) {
+        let Some(queued) = self.queued.get_mut(usize::from(eid)) else {
+            return;
+        };
+        if !*queued {
+            *queued = true;
+            // At most EID_END distinct eids are queued: within the capacity made at open.
+            self.order.push_back(eid);
+        }
+    }
+
+    fn pop(&mut self) -> Option<u16> {
+        let eid = self.order.pop_front()?;
+        if let Some(queued) = self.queued.get_mut(usize::from(eid)) {
+            *queued = false;
+        }
+        Some(eid)
+    }
+}
+
 /// One eth-dix IPCP on one interface: layer, backend, pool and the flows' rings.
 pub struct EthIpcp<'p> {
     pool: &'p Pool,
@@ -346,7 +384,7 @@ pub struct EthIpcp<'p> {
     /// Keepalives and peer timeouts of the bound flows.
     liveness: LivenessTable,
     /// Flows whose peer just timed out, for [`EthIpcp::poll_peer_gone`].
-    peers_gone: VecDeque<u16>,
+    peers_gone: GoneQueue,
     /// The `now` of the last [`EthIpcp::poll`]: the time of binds and sends between polls.
     now: Instant,
 }
@@ -395,7 +433,7 @@ impl<'p> EthIpcp<'p> {
             rx_batch: config.rx_batch.max(1),
             stats: IpcpStats::default(),
             liveness: LivenessTable::default(),
-            peers_gone: VecDeque::with_capacity(64),
+            peers_gone: GoneQueue::new(),
             now: Instant::ZERO,
         })
     }
@@ -521,7 +559,7 @@ impl<'p> EthIpcp<'p> {
     /// The next flow whose peer timed out (its application's ring now has PEER_GONE), oldest
     /// first; each is reported once. Drain after [`poll`](Self::poll).
     pub fn poll_peer_gone(&mut self) -> Option<u16> {
-        self.peers_gone.pop_front()
+        self.peers_gone.pop()
     }
 
     /// Stops delivering `eid`'s SDUs (they are dropped and counted from now on); returns the
@@ -733,7 +771,7 @@ impl<'p> EthIpcp<'p> {
                         }
                         None => {}
                     }
-                    self.peers_gone.push_back(eid);
+                    self.peers_gone.push(eid);
                 }
             }
         }
@@ -762,5 +800,32 @@ impl<'p> EthIpcp<'p> {
             sent += 1;
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn gone_queue_keeps_every_eid_once_in_order_without_growing() {
+        let mut q = GoneQueue::new();
+        let capacity = q.order.capacity();
+        assert!(capacity >= usize::from(EID_END));
+        // Every eid, twice, and one out of range: each queued once, none lost.
+        for _ in 0..2 {
+            for eid in (0..EID_END).rev() {
+                q.push(eid);
+            }
+        }
+        q.push(EID_END);
+        assert_eq!(q.order.capacity(), capacity, "no reallocation");
+        let drained: Vec<u16> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(drained, (0..EID_END).rev().collect::<Vec<_>>());
+        // Drained: an eid may be reported again (a new flow on it).
+        q.push(7);
+        q.push(7);
+        assert_eq!((q.pop(), q.pop()), (Some(7), None));
+        assert_eq!(q.order.capacity(), capacity);
     }
 }
