@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use o7s_pool::{Error as PoolError, Packet, Pool, RingWriter};
+use o7s_pool::{Error as PoolError, Packet, Pool, RingFlags, RingWriter};
 use o7s_proto::irm::{
     Body, Codec, Envelope, ErrorCode, FrameDecoder, FrameError, IpcpHello, IpcpType, Request,
     RequestKind, Response, ResponseKind,
@@ -305,7 +305,8 @@ fn forward<'p>(
 pub struct CopyStats {
     /// SDUs copied into the destination pool.
     pub copied: AtomicU64,
-    /// SDUs larger than any block of the destination pool: dropped (and logged).
+    /// SDUs larger than any block of the destination pool: dropped (the first of each relay
+    /// logged).
     pub too_large: AtomicU64,
 }
 
@@ -313,7 +314,9 @@ pub struct CopyStats {
 /// application's per-user pool and the other end's pool): each SDU is copied once into a
 /// block of `dst` (with `dst`'s head- and tailroom), and its `src` block released. Waits for a
 /// free block and for ring room, never drops, except an SDU larger than `dst`'s largest block,
-/// which is counted in `stats` and logged. Ends like [`relay`]. Allocates nothing but pool
+/// which is counted in `stats` (and logged once per relay, so a peer cannot flood the log).
+/// Ends like [`relay`]; while it waits for a block it also watches `to`'s flags, so a flow
+/// that goes down while `dst` is empty ends the relay at once. Allocates nothing but pool
 /// blocks.
 pub fn relay_copy(
     (src, from): (&Pool, u32),
@@ -326,6 +329,7 @@ pub fn relay_copy(
         (Ok(r), Ok(w)) => (r, w),
         (Err(e), _) | (_, Err(e)) => return RelayEnd::Flow(e.to_string()),
     };
+    let mut logged = false;
     loop {
         if stop.load(Ordering::Acquire) {
             return RelayEnd::Stopped;
@@ -342,14 +346,21 @@ pub fn relay_copy(
                     if stop.load(Ordering::Acquire) {
                         return RelayEnd::Stopped;
                     }
+                    // No block yet: a flow that went down meanwhile will never take one.
+                    if let Some(end) = ring_down(dst, to) {
+                        return end;
+                    }
                 }
                 Err(PoolError::TooLarge { len, max }) => {
-                    let n = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
-                    eprintln!(
-                        "ipcpd: an SDU of {len} bytes does not fit in pool {:?} (at most {max}): \
-                         dropped ({n} so far)",
-                        dst.name()
-                    );
+                    stats.too_large.fetch_add(1, Ordering::Relaxed);
+                    if !logged {
+                        logged = true;
+                        eprintln!(
+                            "ipcpd: an SDU of {len} bytes does not fit in pool {:?} (at most \
+                             {max}): dropped (once logged per flow, all counted)",
+                            dst.name()
+                        );
+                    }
                     break None;
                 }
                 Err(e) => return RelayEnd::Flow(e.to_string()),
@@ -367,10 +378,23 @@ pub fn relay_copy(
     }
 }
 
+/// How a relay ends when ring `ring` of `pool` can take no more SDUs (down, its peer gone,
+/// read-only, or the ring itself gone); `None` while it can.
+fn ring_down(pool: &Pool, ring: u32) -> Option<RelayEnd> {
+    match pool.ring_flags(ring) {
+        Ok(RingFlags(0)) => None,
+        Ok(RingFlags(flags)) => Some(RelayEnd::Flow(format!(
+            "ring {ring} of pool {:?} is down (flags {flags:#x})",
+            pool.name()
+        ))),
+        Err(e) => Some(RelayEnd::Flow(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
-    use o7s_pool::{Access, PoolConfig, RingFlags};
+    use o7s_pool::{Access, PoolConfig};
 
     /// A pool object of this test, unlinked on drop.
     struct TestPool(Pool);
@@ -446,6 +470,59 @@ mod test {
                 (0, 0),
                 "every block back: {report:?}"
             );
+        }
+    }
+
+    #[test]
+    fn relay_copy_ends_when_the_destination_goes_down_while_its_pool_is_empty() {
+        let src = TestPool::new("src-down", &PoolConfig::small());
+        let dst = TestPool::new("dst-down", &PoolConfig::small());
+        let (src, dst) = (&src.0, &dst.0);
+        let me = std::process::id();
+        let from = src.ring_create(me, me).expect("ring");
+        let to = dst.ring_create(me, me).expect("ring");
+        // Every block of the destination taken: the relay waits for one.
+        let mut hoard = Vec::new();
+        while let Ok(p) = dst.try_alloc(100) {
+            hoard.push(p);
+        }
+        assert!(!hoard.is_empty());
+        {
+            let w = src.ring_writer(from).expect("writer");
+            let p = src.try_alloc(100).expect("alloc");
+            w.try_write(p).map_err(|(_, e)| e).expect("write");
+        }
+        dst.ring_set_flags(to, RingFlags::FLOW_DOWN).expect("flag");
+        let stats = CopyStats::default();
+        let stop = AtomicBool::new(false);
+        let end = std::thread::scope(|s| {
+            let relay = s.spawn(|| {
+                relay_copy(
+                    (src, from),
+                    (dst, to),
+                    &stop,
+                    Duration::from_millis(20),
+                    &stats,
+                )
+            });
+            // A hang guard only: the relay must end by itself, not by `stop`.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !relay.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stop.store(true, Ordering::Release);
+            relay.join().expect("relay thread")
+        });
+        assert!(
+            matches!(&end, RelayEnd::Flow(why) if why.contains("down")),
+            "the relay ends with the flow, not by stop: {end:?}"
+        );
+        assert_eq!(stats.copied.load(Ordering::Relaxed), 0);
+        drop(hoard);
+        for pool in [src, dst] {
+            let report = pool.verify();
+            assert!(report.is_ok(), "{:?}", report.problems);
+            assert_eq!(report.owned, 0, "every block back: {report:?}");
         }
     }
 }
