@@ -9,9 +9,12 @@
 //! * [`local`]: the local IPCP (`ipcpd-local`): a layer confined to this host, joining an
 //!   allocating application's flow to the accepting application's flow inside the IPCP.
 //!
+//! * [`pools`]: the pools an IPCP maps for its flows, opened once and counted per use.
+//!
 //! Not yet: the unicast, broadcast and UDP IPCPs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod local;
+pub mod pools;
 pub mod runtime;

@@ -32,6 +32,7 @@ use o7s_proto::irm::{
     ResponseKind,
 };
 
+use crate::pools::PoolMap;
 use crate::runtime::{CopyStats, Error, Handler, Irm, RelayEnd, relay, relay_copy};
 
 /// How often a relay checks whether it should stop.
@@ -68,7 +69,7 @@ struct State {
     /// By the application flow's id.
     joints: HashMap<u32, Arc<Joint>>,
     /// The pools mapped, with how many uses (flow ends being set up or joined) hold each.
-    pools: HashMap<String, (Arc<Pool>, usize)>,
+    pools: PoolMap,
 }
 
 /// The local IPCP's request handler.
@@ -94,27 +95,15 @@ impl Local {
 
     /// The pool of that name, mapped once and held for one more use (see [`Local::release`]).
     fn acquire(&self, name: &str) -> Result<Arc<Pool>, String> {
-        let mut st = lock(&self.state);
-        if let Some((p, uses)) = st.pools.get_mut(name) {
-            *uses += 1;
-            return Ok(p.clone());
-        }
-        let pool = Pool::open(name)
-            .map(Arc::new)
-            .map_err(|e| format!("cannot open pool {name:?}: {e}"))?;
-        st.pools.insert(name.to_owned(), (pool.clone(), 1));
-        Ok(pool)
+        lock(&self.state)
+            .pools
+            .acquire(name)
+            .map_err(|e| format!("cannot open pool {name:?}: {e}"))
     }
 
     /// One use of pool `name` less; the last one unmaps it (once the relays holding it end).
     fn release(&self, name: &str) {
-        let mut st = lock(&self.state);
-        if let Some((_, uses)) = st.pools.get_mut(name) {
-            *uses -= 1;
-            if *uses == 0 {
-                st.pools.remove(name);
-            }
-        }
+        lock(&self.state).pools.release(name);
     }
 
     fn flow_alloc(self: &Arc<Self>, irm: &Arc<Irm>, r: IpcpFlowAlloc) -> Response {

@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant as StdInstant};
 
 use clap::Parser;
+use o7s_ipcpd::pools::PoolMap;
 use o7s_ipcpd::runtime::{Error as RuntimeError, Handler, Irm};
 use o7s_pool::{
     Access, Bell, Error as PoolError, Packet, Pool, RingArm, RingReader, WAIT_ANY_MAX, WakeWord,
@@ -547,7 +548,7 @@ struct Loop<'p> {
     /// Times a per-user pool's SDU waited for a free frame block.
     tx_pool_empty: u64,
     /// Per-user pools mapped, by name, with how many flows use each.
-    pups: HashMap<String, (Arc<Pool>, usize)>,
+    pups: PoolMap,
     /// The flow rings armed while the loop sleeps (empty while it is awake).
     arms: Vec<RingArm<'p>>,
     /// The per-user pools' rings handed to the watcher while the loop sleeps.
@@ -775,7 +776,7 @@ fn event_loop(
         tx_refused: 0,
         tx_copied: 0,
         tx_pool_empty: 0,
-        pups: HashMap::new(),
+        pups: PoolMap::new(),
         arms: Vec::with_capacity(WAIT_ANY_MAX),
         foreign: Vec::with_capacity(WAIT_ANY_MAX),
     };
@@ -988,26 +989,15 @@ impl<'p> Loop<'p> {
 
     /// A per-user pool mapped for one more flow (see [`Loop::release`]).
     fn acquire(&mut self, name: &str) -> Result<Arc<Pool>, String> {
-        if let Some((pool, uses)) = self.pups.get_mut(name) {
-            *uses += 1;
-            return Ok(pool.clone());
-        }
-        let pool = Pool::open(name)
-            .map(Arc::new)
-            .map_err(|e| format!("cannot open pool {name:?}: {e}"))?;
-        self.pups.insert(name.to_owned(), (pool.clone(), 1));
-        Ok(pool)
+        self.pups
+            .acquire(name)
+            .map_err(|e| format!("cannot open pool {name:?}: {e}"))
     }
 
     /// One flow less uses per-user pool `name`; the last unmaps it (the IRMd destroys it
     /// once nobody uses it, and a later pool of that name is a new object).
     fn release(&mut self, name: &str) {
-        if let Some((_, uses)) = self.pups.get_mut(name) {
-            *uses -= 1;
-            if *uses == 0 {
-                self.pups.remove(name);
-            }
-        }
+        self.pups.release(name);
     }
 
     /// Binds flow `eid` to the application's rings in pool `pool`: received SDUs go to `tx`,
