@@ -82,6 +82,14 @@ const QUERY_WAIT: Duration = Duration::from_millis(2500);
 /// 20 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long a deallocation may take the IRMd.
+/// `response` of a FLOW_REPLY refusing a flow whose OAP header failed authentication: the
+/// reference's `EAUTH` (its own errno value, `include/ouroboros/errno.h`), negated.
+const RESPONSE_EAUTH: i32 = -1009;
+/// `response` of a FLOW_REPLY refusing what the IRMd does not support (certificates, key
+/// exchange, ciphers): Linux `ENOTSUP`, negated, as the reference's OAP server returns.
+const RESPONSE_ENOTSUP: i32 = -95;
+/// `response` of any other refusal.
+const RESPONSE_REFUSED: i32 = -1;
 const DEALLOC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the loop keeps spinning after the last activity before it sleeps in `poll`.
 const SPIN: Duration = Duration::from_micros(300);
@@ -197,7 +205,7 @@ enum Cmd {
     /// it, or a refusal.
     Answer {
         eid: u16,
-        flow: Option<Accepted>,
+        flow: Result<Accepted, i32>,
     },
     Stats(Reply<Vec<Counter>>),
 }
@@ -231,6 +239,27 @@ struct EthDix {
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::error(code, message)
+}
+
+/// The `response` of the FLOW_REPLY refusing a flow request the IRMd refused. The reference
+/// (`src/irmd/main.c` `flow_accept`) has its IPCP put the IRMd's error in the reply when OAP
+/// processing fails: `-EAUTH` (its errno 1009) for a header that fails authentication,
+/// `-ENOTSUP` for an unsupported certificate / key exchange / cipher, `-ECRYPT` (1008) for a
+/// failed key exchange or decryption (o7s refuses those as not supported). When the IRMd
+/// cannot even take the request (`ipcp_wait_flow_req_arr` fails), the reference sends no reply
+/// at all and the peer times out; o7s refuses with −1 then, as for every other reason.
+fn refusal_response(e: &RuntimeError) -> i32 {
+    match e {
+        RuntimeError::Refused {
+            code: ErrorCode::Auth,
+            ..
+        } => RESPONSE_EAUTH,
+        RuntimeError::Refused {
+            code: ErrorCode::NotSupported,
+            ..
+        } => RESPONSE_ENOTSUP,
+        _ => RESPONSE_REFUSED,
+    }
 }
 
 fn hash_len(algo: HashAlgo) -> usize {
@@ -1051,10 +1080,13 @@ impl<'p> Loop<'p> {
     }
 
     /// The IRMd answered a flow request that arrived on `eid`.
-    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Option<Accepted>) {
-        let Some(flow) = flow else {
-            let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
-            return;
+    fn answer(&mut self, ipcp: &mut EthIpcp<'p>, eid: u16, flow: Result<Accepted, i32>) {
+        let flow = match flow {
+            Ok(flow) => flow,
+            Err(response) => {
+                let _ = ipcp.layer_mut().flow_refuse(eid, response, b"");
+                return;
+            }
         };
         let flow_id = flow.flow_id;
         match self.bind(ipcp, eid, &flow.pool, (flow.tx_ring, flow.rx_ring)) {
@@ -1080,7 +1112,7 @@ impl<'p> Loop<'p> {
             }
             Err(e) => {
                 eprintln!("ipcpd-eth-dix: flow {flow_id}: rings not usable: {e}");
-                let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+                let _ = ipcp.layer_mut().flow_refuse(eid, RESPONSE_REFUSED, b"");
                 self.dealloc_at_irmd(flow_id);
             }
         }
@@ -1134,7 +1166,7 @@ impl<'p> Loop<'p> {
                             max_sdu,
                         };
                         let flow = match irm.call_ok(request, ANSWER_TIMEOUT) {
-                            Ok(Some(ResponseKind::Flow(info))) => Some(Accepted {
+                            Ok(Some(ResponseKind::Flow(info))) => Ok(Accepted {
                                 flow_id: info.flow_id,
                                 tx_ring: info.tx_ring,
                                 rx_ring: info.rx_ring,
@@ -1145,11 +1177,11 @@ impl<'p> Loop<'p> {
                                 eprintln!(
                                     "ipcpd-eth-dix: unexpected answer to FlowReqArrived: {other:?}"
                                 );
-                                None
+                                Err(RESPONSE_REFUSED)
                             }
                             Err(e) => {
                                 eprintln!("ipcpd-eth-dix: flow request on eid {eid} refused: {e}");
-                                None
+                                Err(refusal_response(&e))
                             }
                         };
                         let _ = cmds.send(Cmd::Answer { eid, flow });
@@ -1157,7 +1189,7 @@ impl<'p> Loop<'p> {
                 );
                 if let Err(e) = spawned {
                     eprintln!("ipcpd-eth-dix: no thread for a flow request: {e}");
-                    let _ = ipcp.layer_mut().flow_refuse(eid, -1, b"");
+                    let _ = ipcp.layer_mut().flow_refuse(eid, RESPONSE_REFUSED, b"");
                 }
             }
             Event::FlowAllocated { eid, oap } => {
@@ -1454,5 +1486,40 @@ fn main() -> ExitCode {
             eprintln!("ipcpd-eth-dix: {}: {e}", args.name);
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn refused(code: ErrorCode) -> RuntimeError {
+        RuntimeError::Refused {
+            what: "FlowReqArrived",
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_the_reference_response_where_there_is_one() {
+        assert_eq!(refusal_response(&refused(ErrorCode::Auth)), -1009);
+        assert_eq!(refusal_response(&refused(ErrorCode::NotSupported)), -95);
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::TimedOut,
+            ErrorCode::Busy,
+            ErrorCode::PermissionDenied,
+            ErrorCode::PoolMismatch,
+        ] {
+            assert_eq!(refusal_response(&refused(code)), -1, "{code:?}");
+        }
+        assert_eq!(refusal_response(&RuntimeError::Closed), -1);
+        assert_eq!(
+            refusal_response(&RuntimeError::TimedOut {
+                what: "FlowReqArrived"
+            }),
+            -1
+        );
     }
 }
