@@ -268,6 +268,9 @@ struct State {
     procs: Mutex<HashMap<u32, Proc>>,
     /// Programs started on demand (auto-start), still running.
     spawned: autostart::Spawned,
+    /// Ring flags chosen under the registry lock and not set yet ([`ToFlag`]). Locked after
+    /// the registry, alone.
+    pending_flags: Mutex<PendingFlags>,
 }
 
 /// The answer to a waiting `FlowAccept` or `FlowAlloc`.
@@ -307,6 +310,12 @@ impl State {
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waiter>> {
         self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pending_flags(&self) -> MutexGuard<'_, PendingFlags> {
+        self.pending_flags
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -417,6 +426,7 @@ impl Irmd {
                 rundir,
                 procs: Mutex::new(HashMap::new()),
                 spawned: autostart::Spawned::default(),
+                pending_flags: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -983,18 +993,82 @@ fn create_flow(
     Ok(flow)
 }
 
-/// Sets `flags` on both rings of a flow.
-fn flag_rings(state: &State, flow: &Flow, flags: u32) {
-    if let Some(pool) = state.pool_of(flow.uid) {
-        for ring in [flow.a2b, flow.b2a] {
-            let _ = pool.ring_set_flags(ring, flags);
+/// Rings of a flow to flag, chosen under the registry lock and flagged after it is released
+/// ([`flag_rings`]): setting a flag posts to the reader's event set, which may open and map
+/// it and wait up to 50 ms for its lock, so it must not hold up every other request. Until
+/// it is flagged, the flow's rings are not destroyed (a destroy meanwhile is deferred to
+/// the flagger), so a flag never lands on a ring reused by another flow.
+#[must_use = "the rings must be flagged with flag_rings"]
+struct ToFlag {
+    flow: Flow,
+    flags: u32,
+}
+
+/// Per flow id: flags chosen but not set yet, and a destroy deferred until they are.
+type PendingFlags = HashMap<u32, (u32, Option<Flow>)>;
+
+/// Chooses to set `flags` on both rings of `flow`; call with the registry locked, then
+/// [`flag_rings`] without it.
+fn to_flag(state: &State, flow: &Flow, flags: u32) -> ToFlag {
+    state.pending_flags().entry(flow.id).or_default().0 += 1;
+    ToFlag {
+        flow: flow.clone(),
+        flags,
+    }
+}
+
+/// Sets the chosen flags (the registry must not be locked), then runs a destroy deferred
+/// meanwhile. Posting may wait on an event set's lock, so on a multi-threaded runtime the
+/// worker is handed over for it.
+fn flag_rings(state: &State, chosen: Vec<ToFlag>) {
+    let set = || {
+        for c in &chosen {
+            if let Some(pool) = state.pool_of(c.flow.uid) {
+                for ring in [c.flow.a2b, c.flow.b2a] {
+                    let _ = pool.ring_set_flags(ring, c.flags);
+                }
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(set);
+        }
+        _ => set(),
+    }
+    for c in &chosen {
+        let deferred = {
+            let mut pending = state.pending_flags();
+            match pending.get_mut(&c.flow.id) {
+                Some((n, _)) if *n > 1 => {
+                    *n -= 1;
+                    None
+                }
+                Some(_) => pending.remove(&c.flow.id).and_then(|(_, d)| d),
+                None => None,
+            }
+        };
+        if let Some(flow) = deferred {
+            destroy_rings_now(state, &flow);
         }
     }
 }
 
 /// Destroys a finished flow's rings (returning what was still queued on them); a per-user
-/// pool no longer used goes with them.
+/// pool no longer used goes with them. Deferred while flags chosen for the flow are not set.
 fn destroy_rings(state: &State, flow: &Flow) {
+    if let Some((_, deferred)) = state.pending_flags().get_mut(&flow.id) {
+        debug!(
+            flow = flow.id,
+            "ring destroy deferred until its flags are set"
+        );
+        *deferred = Some(flow.clone());
+        return;
+    }
+    destroy_rings_now(state, flow);
+}
+
+fn destroy_rings_now(state: &State, flow: &Flow) {
     match state.pool_of(flow.uid) {
         Some(pool) => {
             for ring in [flow.a2b, flow.b2a] {
@@ -1312,11 +1386,13 @@ fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refus
                 format!("process {pid} has no active end of flow {id}"),
             ));
         };
-        flag_rings(state, &flow, o7s_pool::RingFlags::FLOW_DOWN);
+        let chosen = to_flag(state, &flow, o7s_pool::RingFlags::FLOW_DOWN);
         let finished = reg.flows.end(id, side, EndState::Deallocated);
         let peers: Vec<u32> = reg.flows.get(id).map_or_else(Vec::new, |f| {
             f.active_peers_of(pid).map(|(_, end)| end.pid).collect()
         });
+        drop(reg);
+        flag_rings(state, vec![chosen]);
         (finished, peers)
     };
     info!(flow = id, pid, "flow deallocated by one end");
@@ -1330,12 +1406,20 @@ fn flow_dealloc(state: &State, peer: Option<UCred>, id: u32) -> Result<(), Refus
 /// A process left (`Deallocated`: it said goodbye; `Dead`: its pidfd fired and its pool
 /// share was reclaimed): its flow ends end, and flows with no end left lose their rings.
 fn end_process(state: &State, pid: u32, how: EndState) {
-    let (touched, finished) = state.registry().flows.end_process(pid, how);
-    if how == EndState::Deallocated {
-        for flow in &touched {
-            flag_rings(state, flow, o7s_pool::RingFlags::FLOW_DOWN);
-        }
-    }
+    let (touched, finished, chosen) = {
+        let mut reg = state.registry();
+        let (touched, finished) = reg.flows.end_process(pid, how);
+        let chosen: Vec<ToFlag> = if how == EndState::Deallocated {
+            touched
+                .iter()
+                .map(|f| to_flag(state, f, o7s_pool::RingFlags::FLOW_DOWN))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (touched, finished, chosen)
+    };
+    flag_rings(state, chosen);
     for flow in &touched {
         info!(flow = flow.id, pid, state = ?how, "flow end gone with its process");
     }

@@ -778,10 +778,16 @@ pub fn tell_dealloc(state: &State, ends: impl IntoIterator<Item = (u32, u32)>) {
 fn abandon_flow(state: &State, flow_id: u32, app: u32, ipcp: u32) {
     let rings = {
         let mut reg = state.registry();
-        if let Some(flow) = reg.flows.get(flow_id) {
-            super::flag_rings(state, flow, o7s_pool::RingFlags::FLOW_DOWN);
-        }
-        reg.flows.end(flow_id, Side::Alloc, EndState::Deallocated)
+        let chosen: Vec<_> = reg
+            .flows
+            .get(flow_id)
+            .map(|flow| super::to_flag(state, flow, o7s_pool::RingFlags::FLOW_DOWN))
+            .into_iter()
+            .collect();
+        let rings = reg.flows.end(flow_id, Side::Alloc, EndState::Deallocated);
+        drop(reg);
+        super::flag_rings(state, chosen);
+        rings
     };
     debug!(flow = flow_id, app, "flow abandoned by the IRMd");
     match rings {
