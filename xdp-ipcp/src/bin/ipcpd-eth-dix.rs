@@ -82,6 +82,10 @@ const QUERY_WAIT: Duration = Duration::from_millis(2500);
 /// 20 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long a deallocation may take the IRMd.
+/// How many flow requests from the network may wait for the IRMd's answer at once (one
+/// helper thread each); more are refused at once (FLOW_REPLY −1, counted), so a peer flooding
+/// FLOW_REQs cannot make the IPCP start thousands of threads.
+const MAX_PENDING_ARRIVALS: usize = 64;
 /// `response` of a FLOW_REPLY refusing a flow whose OAP header failed authentication: the
 /// reference's `EAUTH` (its own errno value, `include/ouroboros/errno.h`), negated.
 const RESPONSE_EAUTH: i32 = -1009;
@@ -572,6 +576,10 @@ struct Loop<'p> {
     allocs: HashMap<u16, AllocReq>,
     /// SDUs the layer refused to send (too long for the MTU…).
     tx_refused: u64,
+    /// Flow requests from the network waiting for the IRMd's answer (one thread each).
+    arrivals: usize,
+    /// Flow requests refused because [`MAX_PENDING_ARRIVALS`] were waiting already.
+    arrivals_refused: u64,
     /// SDUs copied from a per-user pool into frame blocks.
     tx_copied: u64,
     /// Times a per-user pool's SDU waited for a free frame block.
@@ -803,6 +811,8 @@ fn event_loop(
         queries: Vec::new(),
         allocs: HashMap::new(),
         tx_refused: 0,
+        arrivals: 0,
+        arrivals_refused: 0,
         tx_copied: 0,
         tx_pool_empty: 0,
         pups: PoolMap::new(),
@@ -997,7 +1007,10 @@ impl<'p> Loop<'p> {
                     self.end_flow(ipcp, eid, "the irmd ended it");
                 }
             }
-            Cmd::Answer { eid, flow } => self.answer(ipcp, eid, flow),
+            Cmd::Answer { eid, flow } => {
+                self.arrivals = self.arrivals.saturating_sub(1);
+                self.answer(ipcp, eid, flow);
+            }
             Cmd::Stats(reply) => {
                 let _ = reply.send(self.counters(ipcp));
             }
@@ -1154,6 +1167,18 @@ impl<'p> Loop<'p> {
                 oap,
                 ..
             } => {
+                if self.arrivals >= MAX_PENDING_ARRIVALS {
+                    self.arrivals_refused += 1;
+                    if self.arrivals_refused.is_power_of_two() {
+                        eprintln!(
+                            "ipcpd-eth-dix: {MAX_PENDING_ARRIVALS} flow requests wait for the \
+                             irmd: refused the one on eid {eid} ({} so far)",
+                            self.arrivals_refused
+                        );
+                    }
+                    let _ = ipcp.layer_mut().flow_refuse(eid, RESPONSE_REFUSED, b"");
+                    return;
+                }
                 let (irm, cmds) = (self.irm.clone(), self.cmds.clone());
                 let max_sdu = u32::try_from(ipcp.layer().config().max_sdu()).ok();
                 let spawned = std::thread::Builder::new().name("flow-req".into()).spawn(
@@ -1187,9 +1212,12 @@ impl<'p> Loop<'p> {
                         let _ = cmds.send(Cmd::Answer { eid, flow });
                     },
                 );
-                if let Err(e) = spawned {
-                    eprintln!("ipcpd-eth-dix: no thread for a flow request: {e}");
-                    let _ = ipcp.layer_mut().flow_refuse(eid, RESPONSE_REFUSED, b"");
+                match spawned {
+                    Ok(_) => self.arrivals += 1,
+                    Err(e) => {
+                        eprintln!("ipcpd-eth-dix: no thread for a flow request: {e}");
+                        let _ = ipcp.layer_mut().flow_refuse(eid, RESPONSE_REFUSED, b"");
+                    }
                 }
             }
             Event::FlowAllocated { eid, oap } => {
@@ -1414,6 +1442,8 @@ impl<'p> Loop<'p> {
                         s.dropped(DropReason::UnknownEid),
                     ),
                     ("tx refused".into(), self.tx_refused),
+                    ("flow requests waiting".into(), self.arrivals as u64),
+                    ("flow requests refused busy".into(), self.arrivals_refused),
                     ("sdus copied out of user pools".into(), self.tx_copied),
                     ("sdus copied into user pools".into(), s.ipcp.rx_copied),
                     (
