@@ -10,8 +10,16 @@
 //! ([`Pool::ring_watch_space`]). The ring header holds the set's *token*, the set's name is
 //! derived from the pool's, the reader's pid and the token ([`EventSet::name_for`]), and each
 //! process opens another's set once and keeps it mapped (a small table, pruned of dead
-//! processes), so posting allocates nothing after the first packet. [`Pool::reclaim`] unlinks a
-//! dead process's sets.
+//! processes), so posting allocates nothing after the first packet. Each pool handle remembers,
+//! per ring, the set it last posted to, so a post consults that table only when a ring's
+//! watcher changes. A set that cannot be opened (not there yet, gone) is tried again at most
+//! every [`OPEN_RETRY`], never given up on; posts meanwhile are counted
+//! ([`undelivered_posts`]). [`Pool::reclaim`] unlinks a dead process's sets.
+//!
+//! **A post never blocks for long on a set's lock**, which any process that can open the set
+//! can hold: it tries for at most [`POST_LOCK_PATIENCE`], then flags the queue overflowed;
+//! after that the set is *stuck* for this process and later posts only try the lock once
+//! (flagging overflow when it is taken) until one gets it.
 //!
 //! A full queue never loses an event silently: the event is not stored, the queue is flagged
 //! overflowed, the writer is told ([`Notified::Overflowed`]) and the reader's next wait reports
@@ -19,8 +27,8 @@
 //! All mutations happen under one robust mutex; if a process dies holding it, the next locker
 //! clamps counts and the flow table back into range before going on.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -32,7 +40,9 @@ const VERSION: u32 = 2;
 const READY: u32 = 0x5245_4459;
 const HEADER_SIZE: usize = 128;
 /// How long a post tries for a set's lock before flagging the queue overflowed instead.
-const POST_LOCK_PATIENCE: Duration = Duration::from_millis(50);
+pub const POST_LOCK_PATIENCE: Duration = Duration::from_millis(50);
+/// How often a post retries opening a set it could not open.
+pub const OPEN_RETRY: Duration = Duration::from_millis(100);
 const QUEUE_HEADER_SIZE: usize = 64;
 
 /// One event: something happened on `flow` (the key a reader gave its ring, or any number a
@@ -354,17 +364,33 @@ impl EventSet {
     /// one wake-up. If not all fit, those that do are stored and the queue is flagged
     /// overflowed ([`Notified::Overflowed`]).
     pub fn notify_n(&self, flow: u32, kind: u32, times: u32) -> Result<Notified> {
+        self.notify_within(flow, kind, times, POST_LOCK_PATIENCE)
+            .map(|(notified, _)| notified)
+    }
+
+    /// As [`EventSet::notify_n`], trying for the lock for at most `patience` (zero: once);
+    /// also says whether the lock was had (false: the queue was flagged overflowed instead;
+    /// None: not tried, nothing to post).
+    fn notify_within(
+        &self,
+        flow: u32,
+        kind: u32,
+        times: u32,
+        patience: Duration,
+    ) -> Result<(Notified, Option<bool>)> {
         let Some(queue) = self.queue_of(flow) else {
-            return Ok(Notified::NotWatched);
+            return Ok((Notified::NotWatched, None));
         };
         if times == 0 {
-            return Ok(Notified::Queued);
+            return Ok((Notified::Queued, None));
         }
         let q = self.queue(queue);
+        let mut locked = true;
         let outcome = 'locked: {
-            let Some(_g) = self.lock_for_post() else {
+            let Some(_g) = self.lock_for_post(patience) else {
                 // The lock stayed taken (its holder stopped or stuck): say so rather than wait.
                 q.overflowed.store(1, Ordering::SeqCst);
+                locked = false;
                 break 'locked Notified::Overflowed;
             };
             let n = q.count.load(Ordering::Relaxed).min(self.cfg.capacity);
@@ -387,7 +413,20 @@ impl EventSet {
         if q.waiters.load(Ordering::SeqCst) != 0 {
             sys::futex_wake_all(&q.seq);
         }
-        Ok(outcome)
+        Ok((outcome, Some(locked)))
+    }
+
+    /// Flags the queue watching `flow` overflowed (events for it were lost) and wakes its
+    /// waiters. Takes no lock.
+    pub fn flag_overflow(&self, flow: u32) {
+        if let Some(queue) = self.queue_of(flow) {
+            let q = self.queue(queue);
+            q.overflowed.store(1, Ordering::SeqCst);
+            q.seq.fetch_add(1, Ordering::SeqCst);
+            if q.waiters.load(Ordering::SeqCst) != 0 {
+                sys::futex_wake_all(&q.seq);
+            }
+        }
     }
 
     /// Moves every pending event of `queue` into `out` without waiting.
@@ -508,10 +547,11 @@ impl EventSet {
         }
     }
 
-    /// The lock for a post, if it can be had within [`POST_LOCK_PATIENCE`]: a post must not
-    /// hang on a process that holds the lock and stopped (the IRMd posts too, when it takes a
-    /// flow down). Holders keep it for a few stores, so this nearly always succeeds at once.
-    fn lock_for_post(&self) -> Option<Guard> {
+    /// The lock for a post, if it can be had within `patience` (zero: one try): a post must
+    /// not hang on a process that holds the lock and stopped (the IRMd posts too, when it
+    /// takes a flow down). Holders keep it for a few stores, so this nearly always succeeds
+    /// at once.
+    fn lock_for_post(&self, patience: Duration) -> Option<Guard> {
         // SAFETY: the mutex lives in the header of a live mapping and was initialised.
         let m = unsafe { std::ptr::addr_of_mut!((*self.header_ptr()).mutex) };
         let start = Instant::now();
@@ -525,7 +565,7 @@ impl EventSet {
                     unsafe { sys::robust_mutex_consistent(m) };
                     return Some(Guard(Some(m)));
                 }
-                Ok(None) if start.elapsed() < POST_LOCK_PATIENCE => {}
+                Ok(None) if !patience.is_zero() && start.elapsed() < patience => {}
                 Ok(None) | Err(_) => return None,
             }
             match attempt {
@@ -557,8 +597,14 @@ impl EventSet {
     /// Test hook: holds the set's lock for `time` (as a stopped process inside a post would).
     #[doc(hidden)]
     pub fn debug_hold_lock(&self, time: Duration) {
+        self.debug_with_lock_held(|| std::thread::sleep(time));
+    }
+
+    /// Test hook: runs `f` holding the set's lock.
+    #[doc(hidden)]
+    pub fn debug_with_lock_held<R>(&self, f: impl FnOnce() -> R) -> R {
         let _g = self.lock();
-        std::thread::sleep(time);
+        f()
     }
 
     /// Removes a set's name.
@@ -588,69 +634,188 @@ fn random_token() -> u32 {
     }
 }
 
-/// Another process's set, mapped once by a process that posts to it; `None` when it could not
-/// be opened (gone, or not the set the ring names), so a ring naming it costs nothing more.
-struct Opened {
+/// Another process's set as a process that posts to it knows it: mapped once opened; until
+/// then, when to try again. Shared by the global table and the pools' per-ring caches.
+pub(crate) struct Opened {
     pool: String,
     pid: u32,
     token: u32,
-    set: Option<Arc<EventSet>>,
+    set: OnceLock<EventSet>,
+    /// While the set is not open: [`now_ms`] before which no post tries again.
+    retry_at: AtomicU64,
+    /// A post gave up on the set's lock: later posts try it once, until one gets it.
+    stuck: AtomicBool,
+    /// Posts were lost while the set could not be opened: the next delivered post's queue is
+    /// flagged overflowed too.
+    lost: AtomicBool,
+}
+
+impl Opened {
+    /// The set, opening it if it is time to try (at most once per [`OPEN_RETRY`]).
+    fn get(&self) -> Option<&EventSet> {
+        if let Some(set) = self.set.get() {
+            return Some(set);
+        }
+        let now = now_ms();
+        let at = self.retry_at.load(Ordering::Relaxed);
+        let next = now + OPEN_RETRY.as_millis() as u64;
+        if now < at
+            || self
+                .retry_at
+                .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None; // not yet, or another thread is trying right now
+        }
+        let opened = EventSet::open(&EventSet::name_for(&self.pool, self.pid, self.token))
+            .ok()
+            .filter(|s| s.owner_pid == self.pid && s.token == self.token)?;
+        // A racing opener may have won: either mapping is the same set.
+        let _ = self.set.set(opened);
+        self.set.get()
+    }
+
+    fn post(&self, key: u32, kind: u32, times: u32) {
+        let Some(set) = self.get() else {
+            UNDELIVERED.fetch_add(u64::from(times), Ordering::Relaxed);
+            self.lost.store(true, Ordering::Relaxed);
+            return;
+        };
+        if self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed) {
+            set.flag_overflow(key);
+        }
+        let stuck = self.stuck.load(Ordering::Relaxed);
+        let patience = if stuck {
+            Duration::ZERO
+        } else {
+            POST_LOCK_PATIENCE
+        };
+        // Errors only for keys beyond the set's table: nothing watches them.
+        if let Ok((_, Some(locked))) = set.notify_within(key, kind, times, patience)
+            && locked == stuck
+        {
+            self.stuck.store(!locked, Ordering::Relaxed);
+        }
+    }
+
+    fn is(&self, pool: &Pool, pid: u32, token: u32) -> bool {
+        self.pid == pid && self.token == token && self.pool == pool.name()
+    }
+}
+
+/// Milliseconds since this process first asked.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Events posted to sets that could not be opened (see [`undelivered_posts`]).
+static UNDELIVERED: AtomicU64 = AtomicU64::new(0);
+
+/// How many events this process could not post because the set a ring named could not be
+/// opened (not created yet, or gone). Such a set is tried again at most every [`OPEN_RETRY`].
+pub fn undelivered_posts() -> u64 {
+    UNDELIVERED.load(Ordering::Relaxed)
 }
 
 /// Sets this process posts to. Small: one entry per reader process this one writes to.
-static OPENED: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
+static OPENED: Mutex<Vec<Arc<Opened>>> = Mutex::new(Vec::new());
 /// Past this many entries, those of dead processes are dropped, then the oldest.
 const OPENED_MAX: usize = 64;
 
-fn opened() -> std::sync::MutexGuard<'static, Vec<Opened>> {
+fn opened() -> std::sync::MutexGuard<'static, Vec<Arc<Opened>>> {
     // Nothing done under this lock can leave the table inconsistent.
     OPENED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Posts `times` events of `kind` for `key` to the set `token` of process `pid` (a ring's
-/// reader or writer). Opens the set on first use; after that, allocates nothing.
-pub(crate) fn post(pool: &Pool, pid: u32, token: u32, key: u32, kind: u32, times: u32) {
+/// The process-wide entry for set `token` of process `pid`, made on first use.
+fn lookup(pool: &Pool, pid: u32, token: u32) -> Arc<Opened> {
+    let mut table = opened();
+    if let Some(o) = table.iter().find(|o| o.is(pool, pid, token)) {
+        return o.clone();
+    }
+    if table.len() >= OPENED_MAX {
+        table.retain(|o| sys::process_alive(o.pid));
+        if table.len() >= OPENED_MAX {
+            table.remove(0);
+        }
+    }
+    let o = Arc::new(Opened {
+        pool: pool.name().to_owned(),
+        pid,
+        token,
+        set: OnceLock::new(),
+        retry_at: AtomicU64::new(0),
+        stuck: AtomicBool::new(false),
+        lost: AtomicBool::new(false),
+    });
+    table.push(o.clone());
+    o
+}
+
+/// Which of a ring's two watchers a post is for.
+#[derive(Clone, Copy)]
+pub(crate) enum Watcher {
+    /// The reader's set (packets, flags).
+    Reader,
+    /// The writer's one-shot space watch.
+    Writer,
+}
+
+/// Per pool handle and ring, the set last posted to for each watcher, so that a post on a
+/// ring takes one uncontended lock and compares two numbers.
+pub(crate) struct PostCache(Box<[Mutex<Option<Arc<Opened>>>]>);
+
+impl std::fmt::Debug for PostCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostCache")
+            .field("slots", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostCache {
+    pub(crate) fn new(rings: u32) -> Self {
+        Self((0..rings as usize * 2).map(|_| Mutex::new(None)).collect())
+    }
+}
+
+/// Posts `times` events of `kind` for `key` to the set `token` of process `pid` (ring
+/// `ring`'s `watcher`). Finds the set through the pool's per-ring cache, else the process's
+/// table (first use, or the ring's watcher changed); after that, allocates nothing.
+pub(crate) fn post(
+    pool: &Pool,
+    ring: u32,
+    watcher: Watcher,
+    (pid, token): (u32, u32),
+    key: u32,
+    kind: u32,
+    times: u32,
+) {
     if token == 0 || times == 0 {
         return;
     }
-    let set = {
-        let mut table = opened();
-        let found = table
-            .iter()
-            .find(|o| o.pid == pid && o.token == token && o.pool == pool.name())
-            .map(|o| o.set.clone());
-        match found {
-            Some(set) => set,
-            None => {
-                let set = EventSet::open(&EventSet::name_for(pool.name(), pid, token))
-                    .ok()
-                    .filter(|s| s.owner_pid == pid && s.token == token)
-                    .map(Arc::new);
-                if table.len() >= OPENED_MAX {
-                    table.retain(|o| sys::process_alive(o.pid));
-                    if table.len() >= OPENED_MAX {
-                        table.remove(0);
-                    }
-                }
-                table.push(Opened {
-                    pool: pool.name().to_owned(),
-                    pid,
-                    token,
-                    set: set.clone(),
-                });
-                set
-            }
-        }
+    let slot = ring as usize * 2 + watcher as usize;
+    let Some(cached) = pool.post_cache().0.get(slot) else {
+        return lookup(pool, pid, token).post(key, kind, times);
     };
-    if let Some(set) = set {
-        // Errors only for keys beyond the set's table: nothing watches them.
-        let _ = set.notify_n(key, kind, times);
-    }
+    let mut cached = cached.lock().unwrap_or_else(PoisonError::into_inner);
+    let o = match cached.as_ref() {
+        Some(o) if o.pid == pid && o.token == token => o,
+        _ => cached.insert(lookup(pool, pid, token)),
+    };
+    o.post(key, kind, times);
 }
 
 /// Part of [`Pool::reclaim`]: forgets the dead process's sets and unlinks their names.
 pub(crate) fn reclaim_sets(pool: &Pool, pid: u32) {
     opened().retain(|o| !(o.pid == pid && o.pool == pool.name()));
+    for slot in pool.post_cache().0.iter() {
+        let mut cached = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.as_ref().is_some_and(|o| o.pid == pid) {
+            *cached = None;
+        }
+    }
     let prefix = format!("{}.ev.{pid}.", pool.name());
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::desc::{DescWord, MAX_PID, Place};
 use crate::error::{Error, Result};
+use crate::evset::PostCache;
 use crate::layout::{
     ClassConfig, ClassLayout, HEADER_SIZE, Layout, MAX_CLASSES, PoolConfig, SHARD_SIZE,
 };
@@ -100,6 +101,8 @@ pub struct Pool {
     /// bypassed while another process waits for blocks, emptied on drop, and returned by
     /// `reclaim` if the process dies.
     caches: Vec<LocalCache>,
+    /// Per ring, the event sets this handle last posted to (see `evset::post`).
+    post_cache: PostCache,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +174,7 @@ impl Pool {
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
         let pool = Self {
             caches: caches_for(&layout),
+            post_cache: PostCache::new(layout.config.rings),
             map,
             layout,
             name: name.to_owned(),
@@ -305,6 +309,7 @@ impl Pool {
         let map = Mapping::map(&fd, layout.total_len).map_err(|e| Error::sys("mmap", name, e))?;
         Ok(Self {
             caches: caches_for(&layout),
+            post_cache: PostCache::new(layout.config.rings),
             map,
             layout,
             name: name.to_owned(),
@@ -315,6 +320,10 @@ impl Pool {
     /// Removes the object's name; mappings stay valid until dropped.
     pub fn unlink(name: &str) -> Result<()> {
         sys::shm_unlink(name).map_err(|e| Error::sys("shm_unlink", name, e))
+    }
+
+    pub(crate) fn post_cache(&self) -> &PostCache {
+        &self.post_cache
     }
 
     pub fn name(&self) -> &str {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::desc::Place;
 use crate::error::{Error, Result};
-use crate::evset::{self, Event, EventSet};
+use crate::evset::{self, Event, EventSet, Watcher};
 use crate::layout::CACHE_LINE;
 use crate::packet::Packet;
 use crate::pool::Pool;
@@ -136,17 +136,18 @@ fn writable(pool: &Pool, h: &RingHeader) -> bool {
 }
 
 /// Posts to the set watching the ring (its reader's), if any. Call after a SeqCst fence.
-fn post_reader(pool: &Pool, h: &RingHeader, kind: u32, times: u32) {
+fn post_reader(pool: &Pool, ring: u32, h: &RingHeader, kind: u32, times: u32) {
     let token = h.watch.load(Ordering::SeqCst);
     if token != 0 {
         let key = h.watch_key.load(Ordering::SeqCst);
         let consumer = h.consumer.load(Ordering::Relaxed);
-        evset::post(pool, consumer, token, key, kind, times);
+        let to = (consumer, token);
+        evset::post(pool, ring, Watcher::Reader, to, key, kind, times);
     }
 }
 
 /// Fires (and disarms) the writer's one-shot space watch, if armed. Call after a SeqCst fence.
-fn fire_space_watch(pool: &Pool, h: &RingHeader) {
+fn fire_space_watch(pool: &Pool, ring: u32, h: &RingHeader) {
     let token = h.space_watch.load(Ordering::SeqCst);
     if token != 0
         && h.space_watch
@@ -155,7 +156,8 @@ fn fire_space_watch(pool: &Pool, h: &RingHeader) {
     {
         let key = h.space_key.load(Ordering::SeqCst);
         let producer = h.producer.load(Ordering::Relaxed);
-        evset::post(pool, producer, token, key, Event::WRITABLE, 1);
+        let to = (producer, token);
+        evset::post(pool, ring, Watcher::Writer, to, key, Event::WRITABLE, 1);
     }
 }
 
@@ -242,13 +244,13 @@ impl Pool {
         sys::futex_wake_all(&h.seq);
         let raised = flags & !before;
         if raised & RingFlags::FLOW_DOWN != 0 {
-            post_reader(self, h, Event::DEALLOC, 1);
+            post_reader(self, ring, h, Event::DEALLOC, 1);
         }
         if raised & RingFlags::PEER_GONE != 0 {
-            post_reader(self, h, Event::PEER, 1);
+            post_reader(self, ring, h, Event::PEER, 1);
         }
         if raised != 0 {
-            fire_space_watch(self, h);
+            fire_space_watch(self, ring, h);
         }
         Ok(())
     }
@@ -261,10 +263,10 @@ impl Pool {
         h.seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(&h.seq);
         if before & flags & RingFlags::FLOW_DOWN != 0 {
-            post_reader(self, h, Event::UP, 1);
+            post_reader(self, ring, h, Event::UP, 1);
         }
         if before & flags != 0 {
-            fire_space_watch(self, h);
+            fire_space_watch(self, ring, h);
         }
         Ok(())
     }
@@ -632,7 +634,7 @@ impl<'p> RingWriter<'p> {
         self.h.head.store(head.wrapping_add(n), Ordering::Release);
         notify(self.h);
         // One event per packet, as in the reference (a reader counts on it).
-        post_reader(self.pool, self.h, Event::PACKET, n);
+        post_reader(self.pool, self.ring, self.h, Event::PACKET, n);
     }
 
     pub fn len(&self) -> u32 {
@@ -739,7 +741,7 @@ impl<'p> RingReader<'p> {
             .tail
             .store(tail.wrapping_add(consumed), Ordering::Release);
         notify(self.h);
-        fire_space_watch(self.pool, self.h);
+        fire_space_watch(self.pool, self.ring, self.h);
         Ok(got)
     }
 

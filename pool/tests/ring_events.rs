@@ -7,7 +7,7 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use o7s_pool::{Event, EventSet, EventSetConfig, PoolConfig, RingFlags};
+use o7s_pool::{Event, EventSet, EventSetConfig, POST_LOCK_PATIENCE, PoolConfig, RingFlags};
 use proptest::prelude::*;
 use util::{assert_verified, create, spawn_with_stdin, tell, wait_ok};
 
@@ -288,29 +288,82 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
     let ring = pool.ring_create(me(), me()).expect("ring");
     pool.ring_watch(ring, &set, 2).expect("watch");
     let w = pool.ring_writer(ring).expect("writer");
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = &set;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            tx.send(()).expect("send");
-            set.debug_hold_lock(Duration::from_secs(2));
+        s.spawn(move || {
+            holder.debug_with_lock_held(|| {
+                locked_tx.send(()).expect("send");
+                // Until the test says so (or gives up: a dropped sender ends the wait).
+                let _ = release_rx.recv();
+            });
         });
-        rx.recv().expect("holder started");
-        std::thread::sleep(Duration::from_millis(20));
+        locked_rx.recv().expect("the holder has the lock");
         let t = Instant::now();
         w.try_write(pool.try_alloc(1).expect("alloc"))
             .expect("the write itself succeeds");
+        let first = t.elapsed();
+        assert!(
+            first >= POST_LOCK_PATIENCE && first < Duration::from_secs(1),
+            "the first post tried for the lock, then gave up: {first:?}"
+        );
+        // The set is now stuck for this process: later posts try the lock once, no more.
+        let t = Instant::now();
+        for _ in 0..20 {
+            w.try_write(pool.try_alloc(1).expect("alloc"))
+                .expect("write");
+        }
+        assert!(
+            t.elapsed() < POST_LOCK_PATIENCE * 4,
+            "20 posts to a stuck set took {:?} (each waited?)",
+            t.elapsed()
+        );
         assert_eq!(
             set.notify(2, Event::PACKET).expect("notify"),
             o7s_pool::Notified::Overflowed
         );
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "posts gave up after {:?}",
-            t.elapsed()
-        );
+        release_tx.send(()).expect("release");
     });
     // Once free again: nothing was stored, and the queue says events were lost.
     assert_eq!(take(&set), (vec![], true));
+    // The next post gets the lock and delivers; the set is not stuck any more.
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert_eq!(take(&set), (packets(2, 1), false));
+    pool.ring_destroy(ring).expect("destroy");
+    assert_verified(&pool);
+}
+
+#[test]
+fn a_set_that_could_not_be_opened_is_tried_again_and_the_loss_flagged() {
+    let (_n, pool) = create("ev-retry", &PoolConfig::small());
+    let set = EventSet::create_for(&pool, cfg(8)).expect("set");
+    set.add(0, 3).expect("add");
+    let ring = pool.ring_create(me(), me()).expect("ring");
+    pool.ring_watch(ring, &set, 3).expect("watch");
+    let w = pool.ring_writer(ring).expect("writer");
+    // The set's name is away: the writer cannot open it (first use).
+    let path = format!("/dev/shm/{}", set.name());
+    let away = format!("{path}.away");
+    std::fs::rename(&path, &away).expect("rename away");
+    let before = o7s_pool::undelivered_posts();
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert!(
+        o7s_pool::undelivered_posts() > before,
+        "the loss is counted"
+    );
+    std::fs::rename(&away, &path).expect("rename back");
+    // Retried after OPEN_RETRY at the latest: the next posts are delivered, and the queue
+    // says some were lost before.
+    std::thread::sleep(o7s_pool::OPEN_RETRY + Duration::from_millis(20));
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert_eq!(take(&set), (packets(3, 1), true));
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert_eq!(take(&set), (packets(3, 1), false));
     pool.ring_destroy(ring).expect("destroy");
     assert_verified(&pool);
 }
