@@ -31,10 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, HashAlgo, IpcpConfig, IpcpType, RegisterName, RegisterTarget,
-    ResponseKind,
-};
+use o7s_proto::irm::IpcpType;
 use o7s_testkit::bench::{cpus_for_two, load_average, quantile, us};
 use o7s_testkit::{Irmd, Options, Stop, build_bins, temp_dir};
 
@@ -318,29 +315,9 @@ fn bin_dir() -> PathBuf {
 /// Creates and bootstraps `ipcpd-local` and registers the IPCP names in its layer; returns
 /// its pid.
 fn local_ipcp(host: &Irmd) -> u32 {
-    let mut c = host.client();
-    let pid = match c.call_ok(CreateIpcp {
-        ipcp_type: IpcpType::Local.into(),
-        name: "local".into(),
-    }) {
-        Ok(ResponseKind::Ipcp(info)) => info.pid,
-        other => panic!("create the local IPCP: {other:?}\n{}", host.log()),
-    };
-    c.call_ok(BootstrapIpcp {
-        name: "local".into(),
-        config: Some(IpcpConfig {
-            layer: LAYER.into(),
-            hash: HashAlgo::Sha3_256.into(),
-            type_config: None,
-        }),
-    })
-    .unwrap_or_else(|e| panic!("bootstrap the local IPCP: {e}\n{}", host.log()));
+    let pid = host.ipcp(IpcpType::Local, "local", LAYER, None).pid;
     for name in [ALLOC_IPCP, ECHO_IPCP] {
-        c.call_ok(RegisterName {
-            name: name.into(),
-            target: Some(RegisterTarget::Layer(LAYER.into())),
-        })
-        .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", host.log()));
+        host.register_in(LAYER, name);
     }
     pid
 }

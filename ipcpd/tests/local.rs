@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use o7s_pool::Place;
 use o7s_proto::irm::{
     BootstrapIpcp, CreateIpcp, DestroyIpcp, ErrorCode, HashAlgo, IpcpConfig, IpcpSelector,
-    IpcpState, IpcpType, ListNames, RegisterName, RegisterTarget, ResponseKind,
+    IpcpState, IpcpType, ListNames, ResponseKind,
 };
 use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, temp_dir, text};
 
@@ -58,30 +58,10 @@ impl Host {
     /// Creates and bootstraps `ipcpd-local` as `name` in [`LAYER`], registers `oping` in the
     /// layer; returns the IPCP's pid.
     fn local_ipcp(&self, name: &str) -> u32 {
-        let mut c = self.client();
-        let info = match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::Local.into(),
-            name: name.into(),
-        }) {
-            Ok(ResponseKind::Ipcp(info)) => info,
-            other => panic!("create ipcp: {other:?}\n{}", self.log()),
-        };
+        let info = self.ipcp(IpcpType::Local, name, LAYER, None);
         assert_eq!(info.name, name);
         assert!(info.pid > 0);
-        c.call_ok(BootstrapIpcp {
-            name: name.into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: None,
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", self.log()));
-        c.call_ok(RegisterName {
-            name: "oping".into(),
-            target: Some(RegisterTarget::Layer(LAYER.into())),
-        })
-        .unwrap_or_else(|e| panic!("register: {e}\n{}", self.log()));
+        self.register_in(LAYER, "oping");
         info.pid
     }
 

@@ -31,13 +31,10 @@ use nix::sys::time::TimeVal;
 use nix::unistd::Pid;
 use o7s_proto::dix::{self, Frame};
 use o7s_proto::eth_mgmt::MgmtMsg;
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpStats, IpcpType,
-    IpcpTypeConfig, RegisterName, RegisterTarget, ResponseKind,
-};
+use o7s_proto::irm::{EthMode, IpcpType};
 use o7s_proto::oap;
 use o7s_testkit::netns::{VethPair, spawn_in_netns};
-use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, temp_dir};
+use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, eth_dix, temp_dir};
 use sha2::Digest as _;
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
@@ -79,51 +76,22 @@ impl Host {
                 .rust_log("info")
                 .stop(Stop::Term),
         );
-        let mut c = irmd.client();
-        match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::EthDix.into(),
-            name: "eth".into(),
-        }) {
-            Ok(ResponseKind::Ipcp(_)) => {}
-            other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
-        }
-        c.call_ok(BootstrapIpcp {
-            name: "eth".into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: Some(IpcpTypeConfig::Eth(EthConfig {
-                    dev: dev.into(),
-                    ethertype: 0xA000,
-                    mode: EthMode::Packet.into(),
-                })),
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
+        irmd.ipcp(
+            IpcpType::EthDix,
+            "eth",
+            LAYER,
+            eth_dix(dev, EthMode::Packet),
+        );
         Self(irmd)
     }
 
     fn register(&self, name: &str) {
-        self.0
-            .client()
-            .call_ok(RegisterName {
-                name: name.into(),
-                target: Some(RegisterTarget::Layer(LAYER.into())),
-            })
-            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.0.log()));
+        self.0.register_in(LAYER, name);
     }
 
     /// One counter of `irm ipcp stats eth`.
     fn counter(&self, name: &str) -> u64 {
-        match self.0.client().call_ok(IpcpStats { name: "eth".into() }) {
-            Ok(ResponseKind::Stats(s)) => s
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| c.value)
-                .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", s.counters)),
-            other => panic!("ipcp stats: {other:?}"),
-        }
+        self.0.ipcp_counter("eth", name)
     }
 
     fn wait_flows(&self, n: u64, what: &str) {

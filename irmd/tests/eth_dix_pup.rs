@@ -19,12 +19,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpStats, IpcpType,
-    IpcpTypeConfig, RegisterName, RegisterTarget, ResponseKind,
-};
+use o7s_proto::irm::{EthMode, IpcpType};
 use o7s_testkit::netns::VethPair;
-use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir, text, wait_output};
+use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, eth_dix, temp_dir, text, wait_output};
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
 const LAYER: &str = "eth-pup";
@@ -99,38 +96,12 @@ impl Host {
         );
         std::fs::set_permissions(&irmd.dir, std::fs::Permissions::from_mode(0o755))
             .expect("chmod test dir");
-        let mut c = irmd.client();
-        match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::EthDix.into(),
-            name: "eth".into(),
-        }) {
-            Ok(ResponseKind::Ipcp(_)) => {}
-            other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
-        }
-        c.call_ok(BootstrapIpcp {
-            name: "eth".into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: Some(IpcpTypeConfig::Eth(EthConfig {
-                    dev: dev.into(),
-                    ethertype: 0xA000,
-                    mode: EthMode::Auto.into(),
-                })),
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
+        irmd.ipcp(IpcpType::EthDix, "eth", LAYER, eth_dix(dev, EthMode::Auto));
         Self(irmd)
     }
 
     fn register(&self, name: &str) {
-        self.0
-            .client()
-            .call_ok(RegisterName {
-                name: name.into(),
-                target: Some(RegisterTarget::Layer(LAYER.into())),
-            })
-            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.0.log()));
+        self.0.register_in(LAYER, name);
     }
 
     /// `oping ARGS` in the host's namespace, as `nobody` or root.
@@ -175,15 +146,7 @@ impl Host {
 
     /// One counter of `irm ipcp stats eth`.
     fn counter(&self, name: &str) -> u64 {
-        match self.0.client().call_ok(IpcpStats { name: "eth".into() }) {
-            Ok(ResponseKind::Stats(s)) => s
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| c.value)
-                .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", s.counters)),
-            other => panic!("ipcp stats: {other:?}"),
-        }
+        self.0.ipcp_counter("eth", name)
     }
 
     fn pups(&self) -> Vec<String> {

@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use o7s::irm::Client;
 use o7s_proto::irm::{
-    Body, BootstrapIpcp, Codec, CreateIpcp, Envelope, ErrorCode, FlowDealloc, FlowReqArrived,
-    HashAlgo, IpcpConfig, IpcpFlowReply, IpcpHello, IpcpType, RegisterName, RegisterTarget,
-    Request, RequestKind, Response, ResponseKind,
+    Body, Codec, Envelope, ErrorCode, FlowDealloc, FlowReqArrived, IpcpFlowReply, IpcpHello,
+    IpcpType, Request, RequestKind, Response, ResponseKind,
 };
 use o7s_proto::oap::{self, FIXED_LEN};
 use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir};
@@ -127,28 +126,8 @@ impl FakeHost {
 
 /// Creates and bootstraps a local-type IPCP and registers "served" in its layer.
 fn create_local_ipcp(irmd: &Irmd, name: &str) {
-    let mut c = irmd.client();
-    match c.call_ok(CreateIpcp {
-        ipcp_type: IpcpType::Local.into(),
-        name: name.into(),
-    }) {
-        Ok(ResponseKind::Ipcp(_)) => {}
-        other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
-    }
-    c.call_ok(BootstrapIpcp {
-        name: name.into(),
-        config: Some(IpcpConfig {
-            layer: LAYER.into(),
-            hash: HashAlgo::Sha3_256.into(),
-            type_config: None,
-        }),
-    })
-    .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
-    c.call_ok(RegisterName {
-        name: "served".into(),
-        target: Some(RegisterTarget::Layer(LAYER.into())),
-    })
-    .unwrap_or_else(|e| panic!("register: {e}\n{}", irmd.log()));
+    irmd.ipcp(IpcpType::Local, name, LAYER, None);
+    irmd.register_in(LAYER, "served");
 }
 
 /// Waits until `cond` holds.

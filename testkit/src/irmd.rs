@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use o7s_pool::{Access, Pool, pool_name};
-use o7s_proto::irm::{IpcpInfo, ListFlows, ListIpcps, ResponseKind};
+use o7s_proto::dix::DEFAULT_ETHERTYPE;
+use o7s_proto::irm::{
+    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpInfo, IpcpStats,
+    IpcpType, IpcpTypeConfig, ListFlows, ListIpcps, RegisterName, RegisterTarget, ResponseKind,
+};
 
 use crate::TIMEOUT;
 use crate::process::Lines;
@@ -208,6 +212,70 @@ impl Irmd {
         }
     }
 
+    /// Creates an IPCP of `ipcp_type` named `name` and bootstraps it into `layer` (SHA3-256,
+    /// with `type_config` for the types that take one, e.g. [`eth_dix`]); returns it as the
+    /// IRMd lists it after the bootstrap (its pid, state, the data path it reported). Panics,
+    /// with the IRMd's log, if either step fails.
+    pub fn ipcp(
+        &self,
+        ipcp_type: IpcpType,
+        name: &str,
+        layer: &str,
+        type_config: Option<IpcpTypeConfig>,
+    ) -> IpcpInfo {
+        let mut c = self.client();
+        match c.call_ok(CreateIpcp {
+            ipcp_type: ipcp_type.into(),
+            name: name.into(),
+        }) {
+            Ok(ResponseKind::Ipcp(_)) => {}
+            other => panic!("create IPCP {name:?}: {other:?}\n{}", self.log()),
+        }
+        c.call_ok(BootstrapIpcp {
+            name: name.into(),
+            config: Some(IpcpConfig {
+                layer: layer.into(),
+                hash: HashAlgo::Sha3_256.into(),
+                type_config,
+            }),
+        })
+        .unwrap_or_else(|e| panic!("bootstrap IPCP {name:?}: {e}\n{}", self.log()));
+        self.ipcps()
+            .into_iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("IPCP {name:?} not listed after its bootstrap"))
+    }
+
+    /// Registers `name` in `layer`; panics, with the IRMd's log, if that is refused.
+    pub fn register_in(&self, layer: &str, name: &str) {
+        self.client()
+            .call_ok(RegisterName {
+                name: name.into(),
+                target: Some(RegisterTarget::Layer(layer.into())),
+            })
+            .unwrap_or_else(|e| panic!("register {name:?} in {layer:?}: {e}\n{}", self.log()));
+    }
+
+    /// The counters of the IPCP named `ipcp` (`irm ipcp stats`), in its order.
+    pub fn ipcp_stats(&self, ipcp: &str) -> Vec<(String, u64)> {
+        match self.client().call_ok(IpcpStats { name: ipcp.into() }) {
+            Ok(ResponseKind::Stats(s)) => {
+                s.counters.into_iter().map(|c| (c.name, c.value)).collect()
+            }
+            other => panic!("stats of IPCP {ipcp:?}: {other:?}"),
+        }
+    }
+
+    /// One counter of the IPCP named `ipcp`; panics if it has none of that name.
+    pub fn ipcp_counter(&self, ipcp: &str, counter: &str) -> u64 {
+        let stats = self.ipcp_stats(ipcp);
+        stats
+            .iter()
+            .find(|(name, _)| name == counter)
+            .map(|&(_, value)| value)
+            .unwrap_or_else(|| panic!("IPCP {ipcp:?} has no counter {counter:?}: {stats:?}"))
+    }
+
     /// The IRMd's packet pool, opened by name.
     pub fn pool(&self) -> Pool {
         Pool::open(&pool_name(
@@ -221,6 +289,16 @@ impl Irmd {
     pub fn shm_prefix(&self) -> String {
         format!("{}.", o7s::rundir::shm_prefix_for(&self.rundir))
     }
+}
+
+/// The configuration of an eth-dix IPCP on `dev` in `mode`, with the reference's default
+/// ethertype ([`DEFAULT_ETHERTYPE`], 0xA000), for [`Irmd::ipcp`].
+pub fn eth_dix(dev: &str, mode: EthMode) -> Option<IpcpTypeConfig> {
+    Some(IpcpTypeConfig::Eth(EthConfig {
+        dev: dev.into(),
+        ethertype: DEFAULT_ETHERTYPE.into(),
+        mode: mode.into(),
+    }))
 }
 
 impl Drop for Irmd {

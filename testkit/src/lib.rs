@@ -22,7 +22,7 @@ pub mod process;
 pub use alloc::CountingAlloc;
 pub use build::{build_bins, cargo_build};
 #[cfg(feature = "hosts")]
-pub use irmd::{Irmd, Options, Stop, temp_dir};
+pub use irmd::{Irmd, Options, Stop, eth_dix, temp_dir};
 pub use process::{Lines, run, run_timed, text, wait_output};
 
 use std::time::Duration;

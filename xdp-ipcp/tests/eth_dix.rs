@@ -17,11 +17,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use net::{NetnsPair, can_run};
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpInfo, IpcpStats,
-    IpcpType, IpcpTypeConfig, ListIpcps, RegisterName, RegisterTarget, ResponseKind,
-};
-use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, text, wait_output};
+use o7s_proto::irm::{EthMode, IpcpType, ListIpcps, ResponseKind};
+use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, eth_dix, text, wait_output};
 
 const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
 const LAYER: &str = "eth-layer";
@@ -62,57 +59,6 @@ impl Host {
         ))
     }
 
-    /// Creates `ipcpd-eth-dix` as `name` and bootstraps it on `dev`; returns its info.
-    fn eth_ipcp(&self, name: &str, dev: &str) -> IpcpInfo {
-        let mut c = self.client();
-        match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::EthDix.into(),
-            name: name.into(),
-        }) {
-            Ok(ResponseKind::Ipcp(_)) => {}
-            other => panic!("create ipcp: {other:?}\n{}", self.log()),
-        }
-        c.call_ok(BootstrapIpcp {
-            name: name.into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: Some(IpcpTypeConfig::Eth(EthConfig {
-                    dev: dev.into(),
-                    ethertype: 0xA000,
-                    mode: EthMode::Auto.into(),
-                })),
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", self.log()));
-        match c.call_ok(ListIpcps {}) {
-            Ok(ResponseKind::Ipcps(l)) => l
-                .ipcps
-                .into_iter()
-                .find(|i| i.name == name)
-                .expect("the IPCP is listed"),
-            other => panic!("list ipcps: {other:?}"),
-        }
-    }
-
-    fn register(&self, name: &str) {
-        self.client()
-            .call_ok(RegisterName {
-                name: name.into(),
-                target: Some(RegisterTarget::Layer(LAYER.into())),
-            })
-            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.log()));
-    }
-
-    fn stats(&self, ipcp: &str) -> Vec<(String, u64)> {
-        match self.client().call_ok(IpcpStats { name: ipcp.into() }) {
-            Ok(ResponseKind::Stats(s)) => {
-                s.counters.into_iter().map(|c| (c.name, c.value)).collect()
-            }
-            other => panic!("ipcp stats: {other:?}"),
-        }
-    }
-
     /// A tool of `bin_dir()` run in this host's namespace against its IRMd.
     fn tool(&self, program: &str, args: &[&str]) -> Command {
         self.0.tool(bin_dir().join(program), args)
@@ -148,8 +94,18 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     let a = Host::start(&pair.ns[0], base.join("hostA"));
     let mut b = Host::start(&pair.ns[1], base.join("hostB"));
 
-    let info_a = a.eth_ipcp("eth-a", &pair.veth[0]);
-    let info_b = b.eth_ipcp("eth-b", &pair.veth[1]);
+    let info_a = a.ipcp(
+        IpcpType::EthDix,
+        "eth-a",
+        LAYER,
+        eth_dix(&pair.veth[0], EthMode::Auto),
+    );
+    let info_b = b.ipcp(
+        IpcpType::EthDix,
+        "eth-b",
+        LAYER,
+        eth_dix(&pair.veth[1], EthMode::Auto),
+    );
     for info in [&info_a, &info_b] {
         let backend = info.backend.clone().unwrap_or_default();
         println!("{}: pid {}, {backend}", info.name, info.pid);
@@ -158,8 +114,8 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
             "mode auto on veth should give native XDP, got {backend:?}"
         );
     }
-    b.register("oping");
-    b.register("operf");
+    b.register_in(LAYER, "oping");
+    b.register_in(LAYER, "operf");
     let _oping_server = b.server("oping", "oping");
     let _operf_server = b.server("operf", "operf");
     println!("setup: {:.2} s", started.elapsed().as_secs_f64());
@@ -208,7 +164,7 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     println!("operf: {:.2} s", t.elapsed().as_secs_f64());
     for (host, ipcp) in [(&a, "eth-a"), (&b, "eth-b")] {
         let counters: Vec<String> = host
-            .stats(ipcp)
+            .ipcp_stats(ipcp)
             .into_iter()
             .map(|(n, v)| format!("{n}={v}"))
             .collect();

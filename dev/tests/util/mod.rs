@@ -33,32 +33,13 @@ fn bin_dir() -> &'static Path {
 /// Creates and bootstraps `ipcpd-local` in `host`'s IRMd and registers `name` in its layer,
 /// so flows to `name` go through the IPCP; returns the IPCP's pid.
 pub fn local_ipcp(host: &Irmd, name: &str) -> u32 {
-    use o7s_proto::irm::{
-        BootstrapIpcp, CreateIpcp, HashAlgo, IpcpConfig, IpcpType, RegisterName, RegisterTarget,
-        ResponseKind,
-    };
-    let mut c = host.client();
-    let info = match c.call_ok(CreateIpcp {
-        ipcp_type: IpcpType::Local.into(),
-        name: "local".into(),
-    }) {
-        Ok(ResponseKind::Ipcp(info)) => info,
-        other => panic!("create ipcp: {other:?}\n{}", host.log()),
-    };
-    c.call_ok(BootstrapIpcp {
-        name: "local".into(),
-        config: Some(IpcpConfig {
-            layer: "local-layer".into(),
-            hash: HashAlgo::Sha3_256.into(),
-            type_config: None,
-        }),
-    })
-    .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", host.log()));
-    c.call_ok(RegisterName {
-        name: name.into(),
-        target: Some(RegisterTarget::Layer("local-layer".into())),
-    })
-    .unwrap_or_else(|e| panic!("register: {e}\n{}", host.log()));
+    let info = host.ipcp(
+        o7s_proto::irm::IpcpType::Local,
+        "local",
+        "local-layer",
+        None,
+    );
+    host.register_in("local-layer", name);
     info.pid
 }
 
