@@ -35,7 +35,9 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(20);
 /// How far in the future a request's timestamp may be (clock skew between hosts).
 pub const FUTURE_SLACK: Duration = Duration::from_millis(100);
 /// Most (id, timestamp) pairs remembered; beyond this the oldest are forgotten early (a flood
-/// of fresh requests must not grow the IRMd without bound).
+/// of fresh requests must not grow the IRMd without bound), and from then on requests no newer
+/// than the newest forgotten one are refused ([`OapError::Unverifiable`]): they could be
+/// replays of a forgotten request.
 pub const MAX_REMEMBERED: usize = 65_536;
 
 const fn nanos(d: Duration) -> u64 {
@@ -76,6 +78,13 @@ pub enum OapError {
     /// The same (id, timestamp) was seen within the window.
     #[error("OAP request replayed (id and timestamp already seen)")]
     Replayed,
+    /// The request is no newer than a request forgotten early (the replay list was full), so
+    /// it cannot be told from a replay.
+    #[error(
+        "OAP request cannot be checked against replays: no newer than requests forgotten while \
+         the replay list was full ({MAX_REMEMBERED} requests within the window)"
+    )]
+    Unverifiable,
     /// The response's id is not the request's.
     #[error("OAP response id does not match the request's")]
     IdMismatch,
@@ -222,6 +231,9 @@ pub struct Server {
     /// (timestamp, id) of the requests accepted within the window, ordered by timestamp, which
     /// is also the order in which they expire.
     seen: BTreeSet<(u64, [u8; ID_LEN])>,
+    /// The newest timestamp forgotten before its time because the list was full: nothing at
+    /// or before it can be checked any more.
+    forgotten_up_to: Option<u64>,
 }
 
 impl Server {
@@ -241,7 +253,7 @@ impl Server {
     ///
     /// # Errors
     /// [`OapError::Missing`], [`OapError::Malformed`], [`OapError::NotSupported`],
-    /// [`OapError::FromTheFuture`], [`OapError::Stale`], [`OapError::Replayed`].
+    /// [`OapError::FromTheFuture`], [`OapError::Stale`], [`OapError::Replayed`], [`OapError::Unverifiable`].
     pub fn check(&mut self, request: &[u8], now_ns: u64) -> Result<Accepted, OapError> {
         if request.is_empty() {
             return Err(OapError::Missing);
@@ -271,8 +283,13 @@ impl Server {
         if self.seen.contains(&(req.timestamp, req.id)) {
             return Err(OapError::Replayed);
         }
-        if self.seen.len() >= MAX_REMEMBERED {
-            self.seen.pop_first();
+        if self.forgotten_up_to.is_some_and(|ts| req.timestamp <= ts) {
+            return Err(OapError::Unverifiable);
+        }
+        if self.seen.len() >= MAX_REMEMBERED
+            && let Some((ts, _)) = self.seen.pop_first()
+        {
+            self.forgotten_up_to = Some(ts);
         }
         self.seen.insert((req.timestamp, req.id));
         Ok(Accepted {
@@ -284,6 +301,12 @@ impl Server {
     /// Forgets what is older than the window: it would be refused as stale anyway.
     fn prune(&mut self, now_ns: u64) {
         let window = nanos(REPLAY_WINDOW);
+        if self
+            .forgotten_up_to
+            .is_some_and(|ts| now_ns > ts.saturating_add(window))
+        {
+            self.forgotten_up_to = None;
+        }
         while let Some(&(ts, _)) = self.seen.first()
             && now_ns > ts.saturating_add(window)
         {
@@ -409,9 +432,42 @@ mod test {
         for i in 0..MAX_REMEMBERED as u64 + 10 {
             let mut n = [0u8; ID_LEN];
             n[..8].copy_from_slice(&i.to_be_bytes());
-            assert!(server.check(ClientRequest::new(n, T0).bytes(), T0).is_ok());
+            // Each a nanosecond later: one forgotten early is older than every later one.
+            let ts = T0 + i;
+            assert!(server.check(ClientRequest::new(n, ts).bytes(), ts).is_ok());
         }
         assert_eq!(server.remembered(), MAX_REMEMBERED);
+    }
+
+    #[test]
+    fn a_request_forgotten_early_cannot_be_replayed() {
+        let mut server = Server::new();
+        let request = |i: u64, ts: u64| {
+            let mut n = [0u8; ID_LEN];
+            n[..8].copy_from_slice(&i.to_be_bytes());
+            ClientRequest::new(n, ts)
+        };
+        let first = request(0, T0);
+        assert!(server.check(first.bytes(), T0).is_ok());
+        // A flood of later requests pushes the first one out of the full list.
+        for i in 1..=MAX_REMEMBERED as u64 {
+            assert!(server.check(request(i, T0 + MS).bytes(), T0 + MS).is_ok());
+        }
+        assert_eq!(server.remembered(), MAX_REMEMBERED);
+        assert_eq!(
+            server.check(first.bytes(), T0 + 2 * MS),
+            Err(OapError::Unverifiable),
+            "its replay is refused although it is no longer listed"
+        );
+        // Newer requests are still accepted; once the window has passed the floor is lifted.
+        assert!(
+            server
+                .check(request(u64::MAX, T0 + 3 * MS).bytes(), T0 + 3 * MS)
+                .is_ok()
+        );
+        let later = T0 + nanos(REPLAY_WINDOW) + 5 * MS;
+        assert!(server.check(request(7, later).bytes(), later).is_ok());
+        assert_eq!(server.forgotten_up_to, None);
     }
 
     #[test]
