@@ -326,12 +326,12 @@ impl FlowTable {
     pub fn take_alloc(
         &mut self,
         name: Option<&str>,
-        bound: impl Fn(&str) -> bool,
+        fits: impl Fn(&str, u32) -> bool,
     ) -> Option<AllocWait> {
         let i = self
             .allocs
             .iter()
-            .position(|a| name.is_none_or(|n| n == a.dst) && bound(&a.dst))?;
+            .position(|a| name.is_none_or(|n| n == a.dst) && fits(&a.dst, a.pid))?;
         Some(self.allocs.remove(i))
     }
 
@@ -511,8 +511,8 @@ mod test {
         let a = t.wait_alloc(1, "x", QosSpec::default(), None, 7);
         let b = t.wait_alloc(2, "y", QosSpec::default(), Some(1496), 8);
         let c = t.wait_alloc(3, "y", QosSpec::default(), None, 9);
-        assert!(t.take_alloc(Some("z"), |_| true).is_none());
-        let taken = t.take_alloc(None, |n| n == "y").unwrap();
+        assert!(t.take_alloc(Some("z"), |_, _| true).is_none());
+        let taken = t.take_alloc(None, |n, _| n == "y").unwrap();
         assert_eq!((taken.token, taken.max_sdu), (b, Some(1496)));
         assert_eq!(t.cancel_conn(9), [c]);
         assert_eq!(t.cancel_pid(1), [a]);

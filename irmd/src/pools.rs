@@ -172,6 +172,27 @@ pub struct CreateError {
     pub source: o7s_pool::Error,
 }
 
+impl CreateError {
+    /// The IRM error code for a process refused because its pool could not be made: only a
+    /// refused system call is a permission problem; out of memory or /dev/shm space is
+    /// [`ErrorCode::Busy`]; anything else is the IRMd's own failure.
+    #[must_use]
+    pub fn code(&self) -> o7s_proto::irm::ErrorCode {
+        use o7s_proto::irm::ErrorCode;
+        use std::io::ErrorKind;
+        match &self.source {
+            o7s_pool::Error::Sys { source, .. } => match source.kind() {
+                ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                ErrorKind::OutOfMemory | ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                    ErrorCode::Busy
+                }
+                _ => ErrorCode::Internal,
+            },
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
 /// The shared pool and the per-user pools, with who uses each.
 #[derive(Debug)]
 pub struct Pools {
@@ -193,11 +214,6 @@ impl Pools {
             users: BTreeMap::new(),
             homes: HashMap::new(),
         }
-    }
-
-    /// The shared pool.
-    pub fn shared(&self) -> &Arc<Pool> {
-        &self.shared
     }
 
     /// The name of `uid`'s pool ([`SHARED`]: the shared pool).
@@ -228,11 +244,6 @@ impl Pools {
         std::iter::once(self.shared.clone())
             .chain(self.users.values().map(|u| u.pool.clone()))
             .collect()
-    }
-
-    /// The per-user pools' owners.
-    pub fn users(&self) -> Vec<u32> {
-        self.users.keys().copied().collect()
     }
 
     /// Records that process `pid` uses `uid`'s pool ([`SHARED`]: the shared pool), creating
@@ -458,6 +469,35 @@ mod test {
         assert_eq!(pools.unlink_all(), [name.as_str()]);
         assert!(!shm(&name));
         let _ = Pool::unlink(&shared_name);
+    }
+
+    #[test]
+    fn a_pool_creation_failure_gets_the_code_of_its_cause() {
+        use o7s_proto::irm::ErrorCode;
+        let failed = |source: std::io::Error| CreateError {
+            name: "o7s.pup.1000".into(),
+            uid: 1000,
+            source: o7s_pool::Error::Sys {
+                call: "shm_open",
+                name: "o7s.pup.1000".into(),
+                source,
+            },
+        };
+        let errno = std::io::Error::from_raw_os_error;
+        assert_eq!(
+            failed(errno(13)).code(),
+            ErrorCode::PermissionDenied,
+            "EACCES"
+        );
+        assert_eq!(failed(errno(28)).code(), ErrorCode::Busy, "ENOSPC");
+        assert_eq!(failed(errno(12)).code(), ErrorCode::Busy, "ENOMEM");
+        assert_eq!(failed(errno(22)).code(), ErrorCode::Internal, "EINVAL");
+        let corrupt = CreateError {
+            name: "o7s.pup.1000".into(),
+            uid: 1000,
+            source: o7s_pool::Error::BadConfig("x".into()),
+        };
+        assert_eq!(corrupt.code(), ErrorCode::Internal);
     }
 
     #[test]

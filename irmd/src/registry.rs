@@ -508,18 +508,26 @@ impl Registry {
             .take_acceptor(dst, |pid| bound.contains(&pid) && fits(pid), lb)
     }
 
-    /// A process bound to `dst` waiting to accept a flow for it, whether it fits or not.
+    /// A process bound to `dst` waiting to accept a flow for it, whether it fits or not (only
+    /// to say why none fits: [`Registry::take_acceptor`] with the same rule takes the ones
+    /// that do).
     pub fn acceptor_for(&self, dst: &str) -> Option<u32> {
         let bound = &self.names.get(dst)?.processes;
         self.flows.acceptor_for(dst, |pid| bound.contains(&pid))
     }
 
     /// Takes the oldest waiting allocation process `pid` can accept (for `name`, or for any
-    /// name it is bound to).
-    pub fn take_alloc_for(&mut self, pid: u32, name: Option<&str>) -> Option<AllocWait> {
+    /// name it is bound to), among those from processes for which `fits` holds (those whose
+    /// pool `pid` can share); the others wait on for an acceptor that fits them.
+    pub fn take_alloc_for(
+        &mut self,
+        pid: u32,
+        name: Option<&str>,
+        fits: impl Fn(u32) -> bool,
+    ) -> Option<AllocWait> {
         let names = &self.names;
-        self.flows.take_alloc(name, |dst| {
-            names.get(dst).is_some_and(|n| n.processes.contains(&pid))
+        self.flows.take_alloc(name, |dst, alloc| {
+            names.get(dst).is_some_and(|n| n.processes.contains(&pid)) && fits(alloc)
         })
     }
 
@@ -534,6 +542,11 @@ impl Registry {
             .iter()
             .find(|(_, i)| i.pid == pid)
             .map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// The pids of every IPCP.
+    pub fn ipcp_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ipcps.values().map(|i| i.pid)
     }
 
     /// Every IPCP (none until IPCP spawning exists).

@@ -780,7 +780,7 @@ fn announce(
     let (pool, destroyed) = attached.map_err(|e| {
         warn!(pid = r.pid, uid, "{e}");
         Refusal::new(
-            ErrorCode::PermissionDenied,
+            e.code(),
             format!(
                 "process {} (uid {uid}) is not privileged (not root, not the irmd's uid, not in \
                  group {}), so it needs a per-user pool, and {e}: run the irmd as root, or add \
@@ -846,7 +846,23 @@ async fn watch(state: Arc<State>, pid: u32, generation: u64, pidfd: AsyncFd<Owne
             watchers.remove(&pid);
         }
     }
-    let removed = state.registry().remove_dead(pid, generation);
+    let (removed, reused) = {
+        let mut reg = state.registry();
+        let removed = reg.remove_dead(pid, generation);
+        let reused = reg.process(pid).is_some_and(|p| p.generation != generation);
+        (removed, reused)
+    };
+    if reused {
+        // The pid was reused and announced before this ran: everything below goes by pid and
+        // would take the new process's flows and blocks. The dead one's blocks stay Owned
+        // by that pid until the new process dies too (then reclaimed with its own).
+        warn!(
+            pid,
+            "pid reused by a newly announced process before its predecessor's death was \
+             handled; the predecessor's pool blocks are reclaimed when the new process ends"
+        );
+        return;
+    }
     let is_ipcp = state.registry().ipcp_by_pid(pid).is_some();
     if is_ipcp {
         // Its names and its link go first: no flow may be allocated through it any more.
@@ -917,6 +933,18 @@ fn cancel_waits(state: &State, select: impl FnOnce(&mut crate::flows::FlowTable)
     let mut waiters = state.waiters();
     for token in tokens {
         waiters.remove(&token);
+    }
+}
+
+/// The rule of [`crate::pools::flow_pool`] as a predicate on (allocating pid, accepting pid),
+/// for choosing among waiting requests on either side. Holds the pools lock (taken after the
+/// registry's) until dropped.
+fn fits<'a>(state: &'a State, reg: &crate::registry::Registry) -> impl Fn(u32, u32) -> bool + 'a {
+    let ipcps: Vec<u32> = reg.ipcp_pids().collect();
+    let pools = state.pools();
+    move |alloc, accept| {
+        let end = |pid| (pools.home_of(pid), ipcps.contains(&pid));
+        crate::pools::flow_pool(end(alloc), end(accept)).is_ok()
     }
 }
 
@@ -1214,10 +1242,10 @@ async fn alloc_direct(
                 ));
             }
             let acceptor = {
-                let pools = state.pools();
-                let alloc_is_ipcp = reg.ipcp_by_pid(pid).is_some();
-                let home = pools.home_of(pid);
-                reg.take_acceptor(&r.dst, |p| alloc_is_ipcp || pools.home_of(p) == home)
+                let fit = fits(state, &reg);
+                let acceptor = reg.take_acceptor(&r.dst, |p| fit(pid, p));
+                drop(fit);
+                acceptor
             };
             if acceptor.is_none()
                 && let Some(other) = reg.acceptor_for(&r.dst)
@@ -1315,7 +1343,28 @@ async fn flow_accept(
                 }
                 _ => {}
             }
-            match reg.take_alloc_for(pid, r.name.as_deref()) {
+            let (alloc, misfits) = {
+                let fit = fits(state, &reg);
+                let alloc = reg.take_alloc_for(pid, r.name.as_deref(), |a| fit(a, pid));
+                // Allocations waiting for this process's names from another pool: refused
+                // now (as when they arrive while this process waits), not left to time out.
+                let misfits: Vec<_> = if alloc.is_none() {
+                    std::iter::from_fn(|| {
+                        reg.take_alloc_for(pid, r.name.as_deref(), |a| !fit(a, pid))
+                    })
+                    .collect()
+                } else {
+                    Vec::new()
+                };
+                drop(fit);
+                (alloc, misfits)
+            };
+            for misfit in misfits {
+                if let Err(refusal) = flow_pool(state, &reg, (misfit.pid, pid), &misfit.dst) {
+                    deliver(state, misfit.token, Err(refusal));
+                }
+            }
+            match alloc {
                 Some(alloc) => {
                     let flow = create_flow(
                         state,

@@ -29,10 +29,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use o7s_pool::Pool;
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, ErrorCode, HashAlgo, IpcpConfig, IpcpType, RegisterName,
-    RegisterTarget, ResponseKind,
-};
+use o7s_proto::irm::{ErrorCode, IpcpType};
 use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, temp_dir, text, wait_output};
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
@@ -171,29 +168,9 @@ impl Host {
 
     /// Creates and bootstraps `ipcpd-local` and registers `names` in its layer.
     fn local_ipcp(&self, names: &[&str]) {
-        let mut c = self.irmd.client();
-        match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::Local.into(),
-            name: "local".into(),
-        }) {
-            Ok(ResponseKind::Ipcp(_)) => {}
-            other => panic!("create ipcp: {other:?}\n{}", self.irmd.log()),
-        }
-        c.call_ok(BootstrapIpcp {
-            name: "local".into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: None,
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", self.irmd.log()));
+        self.irmd.ipcp(IpcpType::Local, "local", LAYER, None);
         for name in names {
-            c.call_ok(RegisterName {
-                name: (*name).into(),
-                target: Some(RegisterTarget::Layer(LAYER.into())),
-            })
-            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.irmd.log()));
+            self.irmd.register_in(LAYER, name);
         }
     }
 }
@@ -344,6 +321,33 @@ fn flows_across_pools_are_refused_at_once_unless_an_ipcp_copies() {
         text(&out.stderr)
     );
     assert!(started.elapsed() < Duration::from_secs(5), "not a time-out");
+    assert!(host.irmd.flows().is_empty());
+
+    // An allocation already waiting when a server of another pool comes to accept: refused
+    // then, not left to time out.
+    host.irmd
+        .client()
+        .call_ok(o7s_proto::irm::CreateName {
+            name: "latesrv".into(),
+            lb: 0,
+        })
+        .expect("create the name");
+    let started = Instant::now();
+    let e = std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            me.flow_alloc("latesrv", None, Some(Duration::from_secs(20)))
+                .map(drop)
+                .expect_err("no direct flow across pools")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        host.server(Some(NOBODY), "latesrv");
+        waiting.join().expect("the allocating thread")
+    });
+    assert_eq!(e.code(), Some(ErrorCode::PoolMismatch), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not a time-out"
+    );
     assert!(host.irmd.flows().is_empty());
 
     // Through the local IPCP both work: it copies between the pools.
