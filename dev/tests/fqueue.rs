@@ -305,9 +305,11 @@ fn a_wait_is_woken_from_another_thread() {
             std::thread::sleep(Duration::from_millis(50));
             set.wake().expect("wake");
         });
+        // A wake and a time-out both return 0 events: only the time tells them apart (a
+        // broken wake returns at TIMEOUT instead of hanging the test).
         let t = Instant::now();
-        assert_eq!(set.wait(&mut queue, None).expect("wait"), 0);
-        assert!(t.elapsed() < TIMEOUT);
+        assert_eq!(set.wait(&mut queue, Some(TIMEOUT)).expect("wait"), 0);
+        assert!(t.elapsed() < TIMEOUT, "woken, not timed out");
     });
 }
 

@@ -76,6 +76,10 @@ struct RingHeader {
     /// Token of the writer's event set waiting for room once (0: none), and its key.
     space_watch: AtomicU32,
     space_key: AtomicU32,
+    /// Moves at every `ring_create`: a sleeper that counted itself in `waiters` takes itself
+    /// out only from the incarnation it counted itself in (the ring may be destroyed and made
+    /// anew while it sleeps; `waiters` is reset then and belongs to the new flow's sleepers).
+    incarnation: AtomicU32,
 }
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= crate::layout::RING_HEADER_SIZE);
 
@@ -169,7 +173,7 @@ fn wait(h: &RingHeader, deadline: Option<Instant>, ready: impl Fn() -> bool) -> 
         }
         std::hint::spin_loop();
     }
-    h.waiters.fetch_add(1, Ordering::SeqCst);
+    let counted = count_sleeper(h);
     let seq = h.seq.load(Ordering::SeqCst);
     let result = if ready() {
         Ok(())
@@ -188,8 +192,27 @@ fn wait(h: &RingHeader, deadline: Option<Instant>, ready: impl Fn() -> bool) -> 
             }
         }
     };
-    h.waiters.fetch_sub(1, Ordering::SeqCst);
+    uncount_sleeper(h, counted);
     result
+}
+
+/// Counts the caller in the ring's sleepers; returns the incarnation it counted itself in.
+fn count_sleeper(h: &RingHeader) -> u32 {
+    let incarnation = h.incarnation.load(Ordering::SeqCst);
+    h.waiters.fetch_add(1, Ordering::SeqCst);
+    incarnation
+}
+
+/// Takes the caller out of the sleepers it counted itself in ([`count_sleeper`]), unless the
+/// ring was made anew since (then the count is the new flow's). Should the ring be remade
+/// between the two steps of `count_sleeper`, one sleeper too many stays counted: writers make
+/// a wake-up call they need not, never one too few.
+fn uncount_sleeper(h: &RingHeader, incarnation: u32) {
+    if h.incarnation.load(Ordering::SeqCst) == incarnation {
+        let _ = h
+            .waiters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
 }
 
 impl Pool {
@@ -217,6 +240,7 @@ impl Pool {
                 h.watch_key.store(0, Ordering::Relaxed);
                 h.space_watch.store(0, Ordering::Relaxed);
                 h.space_key.store(0, Ordering::Relaxed);
+                h.incarnation.fetch_add(1, Ordering::Relaxed);
                 h.state.store(STATE_LIVE, Ordering::Release);
                 return Ok(r);
             }

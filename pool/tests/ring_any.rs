@@ -152,6 +152,31 @@ fn a_disarmed_ring_costs_its_writer_nothing() {
 }
 
 #[test]
+fn an_arm_outliving_its_ring_leaves_the_next_flows_sleepers_counted() {
+    let (_n, pool) = create("any-remade", &PoolConfig::small());
+    let r = pool.ring_create(me(), me()).expect("ring");
+    let stale = pool.ring_reader(r).expect("reader").arm();
+    pool.ring_destroy(r).expect("destroy");
+    // The same ring made anew for another flow, whose reader arms it.
+    let again = pool.ring_create(me(), me()).expect("ring again");
+    assert_eq!(again, r, "the freed ring is the first free one");
+    let reader = pool.ring_reader(again).expect("reader");
+    let writer = pool.ring_writer(again).expect("writer");
+    let arm = reader.arm();
+    // The old flow's arm goes: it must not take the new sleeper out of the count.
+    drop(stale);
+    let word = arm.word();
+    writer
+        .try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert!(word.changed(), "the new flow's sleeper still gets wake-ups");
+    drop(arm);
+    drop(reader.try_read().expect("read"));
+    pool.ring_destroy(again).expect("destroy");
+    assert_verified(&pool);
+}
+
+#[test]
 fn the_bell_wakes_and_a_quiet_wait_times_out() {
     let (_n, pool) = create("any-bell", &PoolConfig::small());
     let r = pool.ring_create(me(), me()).expect("ring");

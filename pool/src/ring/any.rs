@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::{RingFlags, RingHeader, RingReader};
+use super::{RingFlags, RingHeader, RingReader, count_sleeper, uncount_sleeper};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -86,17 +86,20 @@ pub struct RingArm<'p> {
     ring: u32,
     h: &'p RingHeader,
     seen: u32,
+    /// The ring's incarnation when it was armed.
+    incarnation: u32,
 }
 
 impl<'p> RingReader<'p> {
     /// Arms the ring for [`wait_any`] (see [`RingArm`]).
     pub fn arm(&self) -> RingArm<'p> {
-        self.h.waiters.fetch_add(1, Ordering::SeqCst);
+        let incarnation = count_sleeper(self.h);
         let seen = self.h.seq.load(Ordering::SeqCst);
         RingArm {
             ring: self.ring,
             h: self.h,
             seen,
+            incarnation,
         }
     }
 }
@@ -133,11 +136,7 @@ impl<'p> RingArm<'p> {
 
 impl Drop for RingArm<'_> {
     fn drop(&mut self) {
-        // Saturating: a ring destroyed and re-created meanwhile starts again from 0 waiters.
-        let _ = self
-            .h
-            .waiters
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        uncount_sleeper(self.h, self.incarnation);
     }
 }
 
