@@ -10,12 +10,12 @@ mod util;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use o7s::{FlowEvent, FlowQueue, FlowSet};
-use o7s_testkit::{Lines, temp_dir};
+use o7s_testkit::{AnyoneBin, Lines, shm_objects};
 use util::{TIMEOUT, irmd, pair, stdin_line};
 
 const HELPER: &str = "O7S_TEST_PUP_HELPER";
@@ -53,45 +53,6 @@ fn pup_helper() {
     set.remove(&accepted);
 }
 
-/// This test binary linked into a fresh directory of mode 0755 (the build tree may not be
-/// enterable by uid 65534), removed on drop.
-struct AnyoneExe(PathBuf);
-
-impl AnyoneExe {
-    fn new() -> Self {
-        let dir = temp_dir("dev-pup-bin");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let me = std::env::current_exe().expect("current_exe");
-        let exe = dir.join("pup-test");
-        if std::fs::hard_link(&me, &exe).is_err() {
-            std::fs::copy(&me, &exe).expect("copy the test binary");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Self(dir)
-    }
-}
-
-impl Drop for AnyoneExe {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The objects in /dev/shm whose names start with `prefix`.
-fn shm(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn an_unprivileged_process_has_its_flows_and_flow_sets_in_its_pool() {
     // /proc/self belongs to the effective uid.
@@ -102,10 +63,12 @@ fn an_unprivileged_process_has_its_flows_and_flow_sets_in_its_pool() {
     }
     let host = irmd();
     std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let exe = AnyoneExe::new();
+    // This test binary where uid 65534 may run it (the build tree may not be enterable by it).
+    let me = std::env::current_exe().expect("current_exe");
+    let exe = AnyoneBin::new("dev-pup-bin", &[(me, "pup-test")]);
     let mut child = host
         .tool(
-            exe.0.join("pup-test"),
+            exe.path("pup-test"),
             &[
                 "pup_helper",
                 "--exact",
@@ -139,12 +102,12 @@ fn an_unprivileged_process_has_its_flows_and_flow_sets_in_its_pool() {
         (flows[0].pool.as_str(), flows[0].uid),
         (pup.as_str(), NOBODY)
     );
-    let sets = shm(&format!("{pup}.ev.{pid}."));
+    let sets = shm_objects(&format!("{pup}.ev.{pid}."));
     assert_eq!(sets.len(), 1, "one event set, in the pup: {sets:?}");
     let meta = std::fs::metadata(Path::new("/dev/shm").join(&sets[0])).expect("stat");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
     assert!(
-        shm(&format!("{}pool.ev.", host.shm_prefix())).is_empty(),
+        shm_objects(&format!("{}pool.ev.", host.shm_prefix())).is_empty(),
         "no event set in the shared pool"
     );
 
@@ -160,11 +123,11 @@ fn an_unprivileged_process_has_its_flows_and_flow_sets_in_its_pool() {
         assert!(Instant::now() < deadline, "the helper does not exit");
         std::thread::sleep(Duration::from_millis(10));
     }
-    while !shm(&pup).is_empty() {
+    while !shm_objects(&pup).is_empty() {
         assert!(
             Instant::now() < deadline,
             "left behind: {:?}\n{}",
-            shm(&pup),
+            shm_objects(&pup),
             host.log()
         );
         std::thread::sleep(Duration::from_millis(10));

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use o7s_proto::irm::{IpcpState, ListNames, ListProcesses, ResponseKind};
 use o7s_testkit::netns::VethPair;
-use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir, text, wait_output};
+use o7s_testkit::{
+    Irmd, Leftovers, Options, Stop, TIMEOUT, alive, build_bins, shm_objects, temp_dir, text,
+};
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
 
@@ -99,16 +101,10 @@ impl Host {
 
     /// `oping -n name -c 3` from a client of this host; its stdout.
     fn ping(&self, name: &str) -> String {
-        let ping = self
-            .tool(
-                bin_dir(false).join("oping"),
-                &["-n", name, "-c", "3", "-i", "20"],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn oping");
-        let out = wait_output(ping, TIMEOUT);
+        let out = o7s_testkit::run(self.tool(
+            bin_dir(false).join("oping"),
+            &["-n", name, "-c", "3", "-i", "20"],
+        ));
         let stdout = text(&out.stdout);
         assert!(
             out.status.success(),
@@ -140,22 +136,6 @@ impl Host {
             other => panic!("list processes: {other:?}"),
         }
     }
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Shared-memory objects whose name starts with `prefix`.
-fn shm_with(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn is_root(test: &str) -> bool {
@@ -237,7 +217,7 @@ reg = ["pinger"]
     for pid in servers.iter().chain([&ipcp.pid]) {
         assert!(!alive(*pid), "process {pid} survived the IRMd");
     }
-    assert_eq!(shm_with(&prefix), Vec::<String>::new());
+    assert_eq!(shm_objects(&prefix), Vec::<String>::new());
 }
 
 #[test]
@@ -290,20 +270,11 @@ args = ["-l"]
     let servers = b.processes_of("oping");
     assert_eq!(servers.len(), 1, "{servers:?}");
 
-    let mut pids: Vec<u32> = servers;
-    for host in [&a, &b] {
-        pids.extend(host.ipcps().iter().map(|i| i.pid));
-        pids.push(host.pid());
-    }
-    let prefixes = [a.shm_prefix(), b.shm_prefix()];
+    let leftovers = Leftovers::of([&*a, &*b]).and_pids(servers);
     drop(a);
     drop(b);
-    for pid in &pids {
-        assert!(!alive(*pid), "process {pid} survived the teardown");
-    }
-    for p in &prefixes {
-        assert_eq!(shm_with(p), Vec::<String>::new());
-    }
+    leftovers.assert_no_process();
+    leftovers.assert_no_shm();
     for (ns, veth) in pair.ns.iter().zip(&pair.veth) {
         let link = o7s_testkit::netns::run(&["ip", "-n", ns, "-d", "link", "show", veth]);
         let link = text(&link.stdout);
@@ -358,7 +329,7 @@ fn refused(conf_text: Option<&str>, irmd: &Path, path_env: Option<&str>) -> Stri
         assert!(!rundir.join(f).exists(), "{f} left behind:\n{err}");
     }
     let prefix = format!("{}.", o7s::rundir::shm_prefix_for(&rundir));
-    let left = shm_with(&prefix);
+    let left = shm_objects(&prefix);
     for name in &left {
         let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
     }

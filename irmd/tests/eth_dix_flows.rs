@@ -15,26 +15,20 @@
 //! `irmd`, where the IRMd looks for it. Teardown (also on a panic) leaves no process, namespace
 //! or shared memory.
 
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket, sockopt,
-};
-use nix::sys::time::TimeVal;
 use nix::unistd::Pid;
-use o7s_proto::dix::{self, Frame};
+use o7s_proto::dix::Frame;
 use o7s_proto::eth_mgmt::MgmtMsg;
 use o7s_proto::irm::{EthMode, IpcpType};
 use o7s_proto::oap;
-use o7s_testkit::netns::{VethPair, spawn_in_netns};
-use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, eth_dix, temp_dir};
+use o7s_testkit::netns::{Capture, VethPair, can_run};
+use o7s_testkit::{Irmd, Leftovers, Lines, Options, Stop, TIMEOUT, build_bins, eth_dix, temp_dir};
 use sha2::Digest as _;
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
@@ -50,18 +44,6 @@ fn bin_dir() -> &'static Path {
         let dir = Path::new(IRMD).parent().expect("irmd has a directory");
         build_bins(dir, &[("o7s-xdp-ipcp", "ipcpd-eth-dix")])
     })
-}
-
-fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces, raw sockets)");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping {test}: iproute2 `ip` not found");
-        return false;
-    }
-    true
 }
 
 /// One host: an IRMd in a namespace with an eth-dix IPCP `eth` on its veth end.
@@ -95,88 +77,18 @@ impl Host {
     }
 
     fn wait_flows(&self, n: u64, what: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let flows = self.counter("flows");
-            if flows == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the eth-dix IPCP has {flows} flows, not {n}\n{}",
-                self.0.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_ipcp_counter("eth", "flows", n, what);
     }
 }
 
-/// Every eth-dix frame (EtherType 0xA000) seen in a namespace, by a raw socket.
-struct Capture {
-    frames: Arc<Mutex<Vec<Vec<u8>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Capture {
-    fn start(ns: &str) -> Self {
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (frames, stop) = (frames.clone(), stop.clone());
-            spawn_in_netns(ns, move || {
-                let fd = socket(
-                    AddressFamily::Packet,
-                    SockType::Raw,
-                    SockFlag::SOCK_CLOEXEC,
-                    SockProtocol::EthAll,
-                )
-                .expect("raw socket");
-                setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))
-                    .expect("timeout");
-                ready_tx.send(()).expect("ready");
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Acquire) {
-                    let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
-                        continue;
-                    };
-                    if n >= dix::HEADER_LEN && buf[12..14] == dix::DEFAULT_ETHERTYPE.to_be_bytes() {
-                        frames
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(buf[..n].to_vec());
-                    }
-                }
-            })
-        };
-        ready_rx.recv().expect("capture started");
-        Self {
-            frames,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// The management messages seen so far, with their frames.
-    fn mgmt(&self) -> Vec<Vec<u8>> {
-        self.frames
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|f| Frame::new_checked(&f[..]).is_ok_and(|fr| fr.is_mgmt()))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The management messages `capture` saw so far, with their frames.
+fn mgmt(capture: &Capture) -> Vec<Vec<u8>> {
+    capture
+        .frames()
+        .into_iter()
+        .map(|s| s.bytes)
+        .filter(|f| Frame::new_checked(&f[..]).is_ok_and(|fr| fr.is_mgmt()))
+        .collect()
 }
 
 fn now_ns() -> u64 {
@@ -194,7 +106,10 @@ fn accept_one(client: &o7s::Client) -> JoinHandle<o7s::Result<o7s::Flow>> {
 
 #[test]
 fn oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix() {
-    if !can_run("oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix") {
+    if !can_run(
+        "oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix",
+        "network namespaces, raw sockets",
+    ) {
         return;
     }
     bin_dir();
@@ -218,7 +133,7 @@ fn oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix() {
     let fb = accepted.join().expect("accept thread").expect("accept");
 
     let hash = sha3::Sha3_256::digest(NAME.as_bytes()).to_vec();
-    let mgmt = capture.mgmt();
+    let mgmt = mgmt(&capture);
     let mut request = None;
     let mut response = None;
     for frame in &mgmt {
@@ -352,37 +267,10 @@ fn oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix() {
 
     drop(app_a);
     drop(app_b);
-    let prefixes = [a.0.shm_prefix(), b.0.shm_prefix()];
-    let pids: Vec<u32> = [&a, &b]
-        .iter()
-        .flat_map(|h| {
-            let mut p: Vec<u32> = h.0.ipcps().iter().map(|i| i.pid).collect();
-            p.push(h.0.pid());
-            p
-        })
-        .collect();
+    let leftovers = Leftovers::of([&a.0, &b.0]);
     drop(a);
     drop(b);
-    let names = pair.ns.clone();
-    drop(pair);
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} survived the teardown"
-        );
-    }
-    let netns = Command::new("ip").args(["netns", "list"]).output();
-    let netns = String::from_utf8_lossy(&netns.expect("ip netns list").stdout).into_owned();
-    for ns in &names {
-        assert!(!netns.contains(ns.as_str()), "namespace {ns} left behind");
-    }
-    for e in std::fs::read_dir("/dev/shm").expect("/dev/shm").flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        assert!(
-            !prefixes.iter().any(|p| name.starts_with(p.as_str())),
-            "shared memory {name} left behind"
-        );
-    }
+    leftovers.assert_none_left(pair);
 }
 
 /// Not a test on its own: the client `oap_on_the_wire_max_sdu_and_deallocation_over_eth_dix`

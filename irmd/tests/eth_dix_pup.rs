@@ -15,13 +15,15 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use o7s_proto::irm::{EthMode, IpcpType};
 use o7s_testkit::netns::VethPair;
-use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, eth_dix, temp_dir, text, wait_output};
+use o7s_testkit::{
+    AnyoneBin, Irmd, Options, Stop, TIMEOUT, build_bins, eth_dix, run, shm_objects, temp_dir, text,
+};
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
 const LAYER: &str = "eth-pup";
@@ -53,35 +55,6 @@ fn can_run(test: &str) -> bool {
     true
 }
 
-/// `oping` where any uid may run it, removed on drop.
-struct AnyoneBin(PathBuf);
-
-impl AnyoneBin {
-    fn new() -> Self {
-        let dir = temp_dir("eth-pup-bin");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bin dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let oping = dir.join("oping");
-        if std::fs::hard_link(bin_dir().join("oping"), &oping).is_err() {
-            std::fs::copy(bin_dir().join("oping"), &oping).expect("copy oping");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::fs::set_permissions(&oping, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Self(dir)
-    }
-
-    fn oping(&self) -> PathBuf {
-        self.0.join("oping")
-    }
-}
-
-impl Drop for AnyoneBin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One host: an IRMd in a namespace with an eth-dix IPCP `eth` on its veth end.
 struct Host(Irmd);
 
@@ -106,7 +79,7 @@ impl Host {
 
     /// `oping ARGS` in the host's namespace, as `nobody` or root.
     fn oping(&self, bin: &AnyoneBin, unprivileged: bool, args: &[&str]) -> Command {
-        let oping = bin.oping();
+        let oping = bin.path("oping");
         let oping = oping.to_str().expect("utf-8 path");
         let mut argv = Vec::new();
         if unprivileged {
@@ -131,17 +104,11 @@ impl Host {
     }
 
     fn ping(&self, bin: &AnyoneBin, unprivileged: bool, name: &str, count: u32) -> Output {
-        let child = self
-            .oping(
-                bin,
-                unprivileged,
-                &["-n", name, "-c", &count.to_string(), "-i", "20"],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn oping");
-        wait_output(child, TIMEOUT)
+        run(self.oping(
+            bin,
+            unprivileged,
+            &["-n", name, "-c", &count.to_string(), "-i", "20"],
+        ))
     }
 
     /// One counter of `irm ipcp stats eth`.
@@ -150,15 +117,7 @@ impl Host {
     }
 
     fn pups(&self) -> Vec<String> {
-        let prefix = format!("{}pup.", self.0.shm_prefix());
-        std::fs::read_dir("/dev/shm")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default()
+        shm_objects(&format!("{}pup.", self.0.shm_prefix()))
     }
 }
 
@@ -185,7 +144,8 @@ fn unprivileged_pings_over_eth_dix_copy_through_the_umem() {
     if !can_run("unprivileged_pings_over_eth_dix_copy_through_the_umem") {
         return;
     }
-    let bin = AnyoneBin::new();
+    // `oping` where any uid may run it.
+    let bin = AnyoneBin::new("eth-pup-bin", &[(bin_dir().join("oping"), "oping")]);
     let pair = VethPair::new("o7s-h6", "h6v", 1500);
     let a = Host::start(&pair.ns[0], &pair.veth[0]);
     let mut b = Host::start(&pair.ns[1], &pair.veth[1]);

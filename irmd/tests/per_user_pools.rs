@@ -30,7 +30,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use o7s_pool::Pool;
 use o7s_proto::irm::{ErrorCode, IpcpType};
-use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, temp_dir, text, wait_output};
+use o7s_testkit::{
+    AnyoneBin, Irmd, Lines, Options, Stop, TIMEOUT, build_bins, run, temp_dir, text,
+};
 
 const IRMD: &str = env!("CARGO_BIN_EXE_irmd");
 const NOBODY: u32 = 65534;
@@ -54,32 +56,14 @@ fn can_run(test: &str) -> bool {
     true
 }
 
-/// `oping` where any uid may run it: linked (or copied) into a fresh directory of mode 0755,
-/// removed on drop.
-struct AnyoneBin(PathBuf);
-
-impl AnyoneBin {
-    fn new() -> Self {
-        let dir = temp_dir("pup-bin");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bin dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let oping = dir.join("oping");
-        if std::fs::hard_link(bin_dir().join("oping"), &oping).is_err() {
-            std::fs::copy(bin_dir().join("oping"), &oping).expect("copy oping");
-            // A copy just written may still be open for writing in a child forked meanwhile
-            // (ETXTBSY on exec): give such a child time to exec.
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::fs::set_permissions(&oping, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Self(dir)
-    }
-}
-
-impl Drop for AnyoneBin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// `oping`, and the other programs of [`bin_dir`] named in `more`, where any uid may run them.
+fn anyone_bin(more: &[&str]) -> AnyoneBin {
+    let programs: Vec<(PathBuf, &str)> = ["oping"]
+        .iter()
+        .chain(more)
+        .map(|&name| (bin_dir().join(name), name))
+        .collect();
+    AnyoneBin::new("pup-bin", &programs)
 }
 
 /// An IRMd (root) whose run directory anyone can reach, and `oping` for anyone.
@@ -91,7 +75,7 @@ struct Host {
 
 impl Host {
     fn start() -> Self {
-        let bin = AnyoneBin::new();
+        let bin = anyone_bin(&[]);
         let irmd = Irmd::start(
             temp_dir("pup"),
             Options::new(bin_dir().join("irmd"))
@@ -106,7 +90,7 @@ impl Host {
 
     /// `oping ARGS` against this IRMd, as `uid` (`None`: root).
     fn oping(&self, uid: Option<u32>, args: &[&str]) -> Command {
-        let mut c = self.irmd.tool(self.bin.0.join("oping"), args);
+        let mut c = self.irmd.tool(self.bin.path("oping"), args);
         if let Some(uid) = uid {
             // As root, std drops the supplementary groups when it sets a uid.
             c.uid(uid).gid(uid);
@@ -122,13 +106,7 @@ impl Host {
 
     /// `oping -n NAME -c COUNT -i 10` as `uid`, to its end.
     fn ping(&self, uid: Option<u32>, name: &str, count: u32) -> Output {
-        let child = self
-            .oping(uid, &["-n", name, "-c", &count.to_string(), "-i", "10"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn oping");
-        wait_output(child, TIMEOUT)
+        run(self.oping(uid, &["-n", name, "-c", &count.to_string(), "-i", "10"]))
     }
 
     /// Asserts that `oping` got every reply.
@@ -448,14 +426,10 @@ fn an_irmd_of_an_ordinary_user_cannot_make_pools_for_others_and_says_so() {
     if !can_run("an_irmd_of_an_ordinary_user_cannot_make_pools_for_others_and_says_so") {
         return;
     }
-    let bin = AnyoneBin::new();
     // The IRMd as uid 65534: a wrapper that gives it its run directory, then drops to it.
-    let irmd = bin.0.join("irmd");
-    if std::fs::hard_link(bin_dir().join("irmd"), &irmd).is_err() {
-        std::fs::copy(bin_dir().join("irmd"), &irmd).expect("copy irmd");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let wrapper = bin.0.join("irmd-as-nobody");
+    let bin = anyone_bin(&["irmd"]);
+    let irmd = bin.path("irmd");
+    let wrapper = bin.path("irmd-as-nobody");
     std::fs::write(
         &wrapper,
         format!(

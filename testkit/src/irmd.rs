@@ -276,6 +276,24 @@ impl Irmd {
             .unwrap_or_else(|| panic!("IPCP {ipcp:?} has no counter {counter:?}: {stats:?}"))
     }
 
+    /// Waits until counter `counter` of the IPCP named `ipcp` is `value`; panics, with `what`
+    /// and the IRMd's log, if it is not within [`TIMEOUT`].
+    pub fn wait_ipcp_counter(&self, ipcp: &str, counter: &str, value: u64, what: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let now = self.ipcp_counter(ipcp, counter);
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: IPCP {ipcp:?} counts {now} {counter}, not {value}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The IRMd's packet pool, opened by name.
     pub fn pool(&self) -> Pool {
         Pool::open(&pool_name(

@@ -1,13 +1,36 @@
-//! Two fresh network namespaces joined by a veth pair, and threads entered into a namespace.
+//! Two fresh network namespaces joined by a veth pair, threads entered into a namespace, and
+//! a capture of the eth-dix frames on a namespace's links.
 //!
 //! All traffic the tests make stays on the veth pair between the namespaces created here.
 
 use std::fs::File;
+use std::os::fd::AsRawFd as _;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeVal;
+use o7s_proto::dix;
+
+/// Whether a test needing root (for `why`, e.g. "network namespaces, raw sockets") and
+/// iproute2's `ip` can run here; when not, prints one line saying why `test` is skipped.
+pub fn can_run(test: &str, why: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root ({why})");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipping {test}: iproute2 `ip` not found");
+        return false;
+    }
+    true
+}
 
 /// Runs `args`, panicking with its output if it fails.
 pub fn run(args: &[&str]) -> Output {
@@ -121,4 +144,85 @@ pub fn spawn_in_netns<T: Send + 'static>(
         setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
         f()
     })
+}
+
+/// An eth-dix frame a [`Capture`] saw, with when it read it (since the capture started).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Duration,
+    pub bytes: Vec<u8>,
+}
+
+/// Every eth-dix frame (EtherType 0xA000, [`dix::DEFAULT_ETHERTYPE`]) on a namespace's links,
+/// both ways, read by a raw socket on a thread inside the namespace until dropped.
+pub struct Capture {
+    frames: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Starts capturing in namespace `ns`; returns once the socket is open.
+    pub fn start(ns: &str) -> Self {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (frames, stop) = (frames.clone(), stop.clone());
+            spawn_in_netns(ns, move || {
+                let fd = socket(
+                    AddressFamily::Packet,
+                    SockType::Raw,
+                    SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::EthAll,
+                )
+                .expect("raw socket");
+                setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))
+                    .expect("timeout");
+                ready_tx.send(()).expect("ready");
+                let mut buf = vec![0u8; 65536];
+                let start = Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+                        continue;
+                    };
+                    let at = start.elapsed();
+                    if n >= dix::HEADER_LEN && buf[12..14] == dix::DEFAULT_ETHERTYPE.to_be_bytes() {
+                        frames.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+                            at,
+                            bytes: buf[..n].to_vec(),
+                        });
+                    }
+                }
+            })
+        };
+        ready_rx.recv().expect("capture started");
+        Self {
+            frames,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The frames seen so far, in order.
+    pub fn frames(&self) -> Vec<Seen> {
+        self.frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many frames were seen so far.
+    pub fn mark(&self) -> usize {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

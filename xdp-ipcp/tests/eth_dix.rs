@@ -11,34 +11,19 @@
 
 mod net;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Instant;
 
-use net::{NetnsPair, can_run};
-use o7s_proto::irm::{EthMode, IpcpType, ListIpcps, ResponseKind};
-use o7s_testkit::{Irmd, Lines, Options, Stop, TIMEOUT, build_bins, eth_dix, text, wait_output};
+use net::{IRMD, NetnsPair, can_run};
+use o7s_proto::irm::{EthMode, IpcpType};
+use o7s_testkit::{Irmd, Leftovers, Lines, Options, Stop, assert_no_netns, eth_dix, run, text};
 
-const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
 const LAYER: &str = "eth-layer";
 
 /// The directory of `ipcpd-eth-dix`, with `irmd`, `oping` and `operf` built next to it.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(IPCPD)
-            .parent()
-            .expect("ipcpd-eth-dix has a directory");
-        build_bins(
-            dir,
-            &[
-                ("o7s-irmd", "irmd"),
-                ("o7s-cli", "oping"),
-                ("o7s-cli", "operf"),
-            ],
-        )
-    })
+fn bin_dir() -> PathBuf {
+    net::bin_dir(&[IRMD, ("o7s-cli", "oping"), ("o7s-cli", "operf")])
 }
 
 o7s_testkit::irmd_host!(
@@ -69,18 +54,6 @@ impl Host {
         let server = self.tool(program, &["-l", "-n", name]);
         self.0.spawn(server, "listening on").1
     }
-
-    /// The pids of the IRMd's children (its IPCPs).
-    fn ipcp_pids(&self) -> Vec<u32> {
-        match self.client().call_ok(ListIpcps {}) {
-            Ok(ResponseKind::Ipcps(l)) => l.ipcps.iter().map(|i| i.pid).collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[test]
@@ -121,13 +94,7 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     println!("setup: {:.2} s", started.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let ping = a
-        .tool("oping", &["-n", "oping", "-c", "20", "-i", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn oping");
-    let out = wait_output(ping, TIMEOUT);
+    let out = run(a.tool("oping", &["-n", "oping", "-c", "20", "-i", "20"]));
     let stdout = text(&out.stdout);
     println!("{stdout}");
     assert!(
@@ -145,13 +112,7 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     println!("oping: {:.2} s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let perf = a
-        .tool("operf", &["-n", "operf", "-d", "2", "-s", "1000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn operf");
-    let out = wait_output(perf, TIMEOUT);
+    let out = run(a.tool("operf", &["-n", "operf", "-d", "2", "-s", "1000"]));
     let stdout = text(&out.stdout);
     println!("{stdout}");
     assert!(
@@ -172,20 +133,10 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     }
 
     // Teardown: hosts first (their IPCPs go with the IRMds), then the namespaces.
-    let pids: Vec<u32> = [&a, &b]
-        .iter()
-        .flat_map(|h| {
-            let mut p = h.ipcp_pids();
-            p.push(h.pid());
-            p
-        })
-        .collect();
-    let prefixes = [a.shm_prefix(), b.shm_prefix()];
+    let leftovers = Leftovers::of([&*a, &*b]);
     drop(a);
     drop(b);
-    for pid in &pids {
-        assert!(!alive(*pid), "process {pid} survived the teardown");
-    }
+    leftovers.assert_no_process();
     for (ns, veth) in pair.ns.iter().zip(&pair.veth) {
         let link = net::run(&["ip", "-n", ns, "-d", "link", "show", veth]);
         let link = text(&link.stdout);
@@ -196,19 +147,8 @@ fn oping_and_operf_across_two_hosts_over_eth_dix() {
     }
     let names = pair.ns.clone();
     drop(pair);
-    let list = text(&net::run(&["ip", "netns", "list"]).stdout);
-    for ns in &names {
-        assert!(!list.contains(ns.as_str()), "namespace {ns} left behind");
-    }
-    if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(
-                !prefixes.iter().any(|p| name.starts_with(p.as_str())),
-                "shared memory {name} left behind"
-            );
-        }
-    }
+    assert_no_netns(&names);
+    leftovers.assert_no_shm();
     let _ = std::fs::remove_dir_all(&base);
     println!("total: {:.2} s", started.elapsed().as_secs_f64());
 }

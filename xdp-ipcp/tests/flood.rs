@@ -11,26 +11,22 @@
 //! Root only (namespaces, raw sockets); skips with a reason otherwise. Teardown (also on a
 //! panic) leaves no process, namespace or shared memory.
 
-use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+mod net;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use o7s_proto::MacAddr;
 use o7s_proto::dix;
 use o7s_proto::eth_mgmt::MgmtMsg;
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpStats, IpcpType,
-    IpcpTypeConfig, RegisterName, RegisterTarget, ResponseKind,
-};
+use o7s_proto::irm::{EthMode, IpcpType};
 use o7s_proto::oap;
 use o7s_proto::testing::{OPING_SRV_HASH, RAW_QOS, decode_hex};
 use o7s_testkit::netns::{VethPair, in_netns};
-use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir};
+use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, eth_dix, temp_dir};
 use o7s_xdp_ipcp::sys;
 
-const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
+use net::{IRMD, bin_dir, can_run, inject};
+
 const LAYER: &str = "eth-flood";
 /// A name whose SHA3-256 the tests know ([`OPING_SRV_HASH`]).
 const NAME: &str = "oping.srv";
@@ -39,26 +35,8 @@ const FLOOD: u16 = 300;
 /// The IPCP's bound on flow requests waiting for the IRMd (`MAX_PENDING_ARRIVALS`).
 const PENDING_MAX: u64 = 64;
 
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(IPCPD)
-            .parent()
-            .expect("ipcpd-eth-dix has a directory");
-        build_bins(dir, &[("o7s-irmd", "irmd")])
-    })
-}
-
 fn counter(irmd: &Irmd, name: &str) -> u64 {
-    match irmd.client().call_ok(IpcpStats { name: "eth".into() }) {
-        Ok(ResponseKind::Stats(s)) => s
-            .counters
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.value)
-            .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", s.counters)),
-        other => panic!("ipcp stats: {other:?}\n{}", irmd.log()),
-    }
+    irmd.ipcp_counter("eth", name)
 }
 
 /// The `Threads:` line of `/proc/<pid>/status`.
@@ -104,49 +82,28 @@ fn flow_req(src: MacAddr, dst: MacAddr, seid: u16, hash: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_flow_req_flood_is_bounded_and_the_ipcp_still_serves() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root (network namespaces, raw sockets)");
+    if !can_run(
+        "a_flow_req_flood_is_bounded_and_the_ipcp_still_serves",
+        false,
+    ) {
         return;
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping: iproute2 `ip` not found");
-        return;
-    }
-    bin_dir();
+    bin_dir(&[IRMD]);
     let pair = VethPair::new("o7s-fl", "flv", 1500);
     let irmd = Irmd::start(
         temp_dir("eth-flood"),
-        Options::new(bin_dir().join("irmd"))
+        Options::new(bin_dir(&[IRMD]).join("irmd"))
             .netns(&pair.ns[1])
             .rust_log("info")
             .stop(Stop::Term),
     );
-    let mut c = irmd.client();
-    match c.call_ok(CreateIpcp {
-        ipcp_type: IpcpType::EthDix.into(),
-        name: "eth".into(),
-    }) {
-        Ok(ResponseKind::Ipcp(_)) => {}
-        other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
-    }
-    c.call_ok(BootstrapIpcp {
-        name: "eth".into(),
-        config: Some(IpcpConfig {
-            layer: LAYER.into(),
-            hash: HashAlgo::Sha3_256.into(),
-            type_config: Some(IpcpTypeConfig::Eth(EthConfig {
-                dev: pair.veth[1].clone(),
-                ethertype: u32::from(dix::DEFAULT_ETHERTYPE),
-                mode: EthMode::Packet.into(),
-            })),
-        }),
-    })
-    .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
-    c.call_ok(RegisterName {
-        name: NAME.into(),
-        target: Some(RegisterTarget::Layer(LAYER.into())),
-    })
-    .unwrap_or_else(|e| panic!("register: {e}\n{}", irmd.log()));
+    irmd.ipcp(
+        IpcpType::EthDix,
+        "eth",
+        LAYER,
+        eth_dix(&pair.veth[1], EthMode::Packet),
+    );
+    irmd.register_in(LAYER, NAME);
     let app = o7s::Client::connect_to(&irmd.rundir).expect("connect");
     app.bind(NAME).expect("bind");
     let pid = irmd.ipcps().first().expect("the IPCP").pid;
@@ -160,18 +117,7 @@ fn a_flow_req_flood_is_bounded_and_the_ipcp_still_serves() {
     });
     let hash = decode_hex(OPING_SRV_HASH);
     let frames: Vec<Vec<u8>> = (1..=FLOOD).map(|s| flow_req(src, dst, s, &hash)).collect();
-    let dev = pair.veth[0].clone();
-    in_netns(&pair.ns[0], move || {
-        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex");
-        let raw = sys::packet_socket(ifindex, dix::DEFAULT_ETHERTYPE).expect("raw socket");
-        for frame in &frames {
-            let deadline = Instant::now() + TIMEOUT;
-            while sys::send_batch(raw.as_fd(), &[&frame[..]]).expect("send") == 0 {
-                assert!(Instant::now() < deadline, "the kernel takes no frame");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    });
+    inject(&pair.ns[0], &pair.veth[0], frames);
 
     // Every request is either waiting (at most 64) or refused; the stats call is answered
     // meanwhile (the IPCP still serves the IRMd). The deadline only guards a hang.
@@ -209,15 +155,7 @@ fn a_flow_req_flood_is_bounded_and_the_ipcp_still_serves() {
     let flow = app
         .flow_accept(Some(TIMEOUT))
         .unwrap_or_else(|e| panic!("accept: {e}\n{}", irmd.log()));
-    let deadline = Instant::now() + TIMEOUT;
-    while counter(&irmd, "flows") != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "no flow in the IPCP\n{}",
-            irmd.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    irmd.wait_ipcp_counter("eth", "flows", 1, "no flow in the IPCP");
     drop(flow);
     drop(app);
     drop(irmd);

@@ -22,61 +22,28 @@
 //! (`cargo build`, a no-op when up to date) next to `ipcpd-eth-dix`, where the IRMd looks for
 //! it. Teardown (also on a panic) leaves no process, namespace or shared memory.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+mod net;
+
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, setsockopt, socket, sockopt,
-};
-use nix::sys::time::TimeVal;
 use nix::unistd::Pid;
 use o7s_proto::MacAddr;
 use o7s_proto::dix::{self, Frame};
 use o7s_proto::eth_mgmt::MgmtMsg;
-use o7s_proto::irm::{
-    BootstrapIpcp, CreateIpcp, EthConfig, EthMode, HashAlgo, IpcpConfig, IpcpStats, IpcpType,
-    IpcpTypeConfig, RegisterName, RegisterTarget, ResponseKind,
-};
-use o7s_testkit::netns::{VethPair, in_netns, run, spawn_in_netns};
-use o7s_testkit::{Irmd, Options, Stop, TIMEOUT, build_bins, temp_dir};
+use o7s_proto::irm::{EthMode, IpcpType};
+use o7s_testkit::netns::{Capture, VethPair, in_netns, run};
+use o7s_testkit::{Irmd, Leftovers, Options, Stop, TIMEOUT, eth_dix, temp_dir};
 use o7s_xdp_ipcp::sys;
 
-const IPCPD: &str = env!("CARGO_BIN_EXE_ipcpd-eth-dix");
+use net::{IRMD, bin_dir, can_run, inject};
+
 const LAYER: &str = "eth-live";
 const NAME: &str = "livesrv";
 /// The layer's hash length (SHA3-256).
 const HASH_LEN: usize = 32;
 /// The QoS timeout of the watched flow.
 const PEER_TIMEOUT: Duration = Duration::from_millis(400);
-
-/// The directory of `ipcpd-eth-dix`, with `irmd` built next to it.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(IPCPD)
-            .parent()
-            .expect("ipcpd-eth-dix has a directory");
-        build_bins(dir, &[("o7s-irmd", "irmd")])
-    })
-}
-
-fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces, raw sockets)");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping {test}: iproute2 `ip` not found");
-        return false;
-    }
-    true
-}
 
 /// One host: an IRMd in a namespace with an eth-dix IPCP `eth` (packet mode) on its veth end.
 struct Host(Irmd);
@@ -85,224 +52,81 @@ impl Host {
     fn start(ns: &str, dev: &str, mode: EthMode) -> Self {
         let irmd = Irmd::start(
             temp_dir("eth-liveness"),
-            Options::new(bin_dir().join("irmd"))
+            Options::new(bin_dir(&[IRMD]).join("irmd"))
                 .netns(ns)
                 .rust_log("info")
                 .stop(Stop::Term),
         );
-        let mut c = irmd.client();
-        match c.call_ok(CreateIpcp {
-            ipcp_type: IpcpType::EthDix.into(),
-            name: "eth".into(),
-        }) {
-            Ok(ResponseKind::Ipcp(_)) => {}
-            other => panic!("create ipcp: {other:?}\n{}", irmd.log()),
-        }
-        c.call_ok(BootstrapIpcp {
-            name: "eth".into(),
-            config: Some(IpcpConfig {
-                layer: LAYER.into(),
-                hash: HashAlgo::Sha3_256.into(),
-                type_config: Some(IpcpTypeConfig::Eth(EthConfig {
-                    dev: dev.into(),
-                    ethertype: u32::from(dix::DEFAULT_ETHERTYPE),
-                    mode: mode.into(),
-                })),
-            }),
-        })
-        .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", irmd.log()));
+        irmd.ipcp(IpcpType::EthDix, "eth", LAYER, eth_dix(dev, mode));
         Self(irmd)
     }
 
     fn register(&self, name: &str) {
-        self.0
-            .client()
-            .call_ok(RegisterName {
-                name: name.into(),
-                target: Some(RegisterTarget::Layer(LAYER.into())),
-            })
-            .unwrap_or_else(|e| panic!("register {name}: {e}\n{}", self.0.log()));
+        self.0.register_in(LAYER, name);
     }
 
     /// The data path in effect, as `irm ipcp stats eth` names it.
     fn backend(&self) -> String {
-        match self.0.client().call_ok(IpcpStats { name: "eth".into() }) {
-            Ok(ResponseKind::Stats(s)) => s
-                .counters
-                .iter()
-                .find_map(|c| c.name.strip_prefix("backend: ").map(str::to_owned))
-                .unwrap_or_else(|| panic!("no backend in {:?}", s.counters)),
-            other => panic!("ipcp stats: {other:?}"),
-        }
+        let stats = self.0.ipcp_stats("eth");
+        stats
+            .iter()
+            .find_map(|(name, _)| name.strip_prefix("backend: ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no backend in {stats:?}"))
     }
 
     /// One counter of `irm ipcp stats eth`.
     fn counter(&self, name: &str) -> u64 {
-        match self.0.client().call_ok(IpcpStats { name: "eth".into() }) {
-            Ok(ResponseKind::Stats(s)) => s
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| c.value)
-                .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", s.counters)),
-            other => panic!("ipcp stats: {other:?}"),
-        }
+        self.0.ipcp_counter("eth", name)
     }
 
     fn wait_flows(&self, n: u64, what: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let flows = self.counter("flows");
-            if flows == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the eth-dix IPCP has {flows} flows, not {n}\n{}",
-                self.0.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_ipcp_counter("eth", "flows", n, what);
     }
 }
 
-/// An eth-dix frame seen on the link, with the time the capture read it.
-#[derive(Clone)]
-struct Seen {
-    at: Duration,
-    bytes: Vec<u8>,
+/// The empty data frames (keepalives) `capture` saw after its first `since`, as (time, source,
+/// eid, frame length).
+fn empty_sdus(capture: &Capture, since: usize) -> Vec<(Duration, MacAddr, u16, usize)> {
+    capture
+        .frames()
+        .iter()
+        .skip(since)
+        .filter_map(|s| {
+            let f = Frame::new_checked(&s.bytes[..]).ok()?;
+            (!f.is_mgmt() && f.length() == 0).then(|| (s.at, f.src_addr(), f.eid(), s.bytes.len()))
+        })
+        .collect()
 }
 
-/// Every eth-dix frame (EtherType 0xA000) on a namespace's link, both ways, by a raw socket.
-struct Capture {
-    frames: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Capture {
-    fn start(ns: &str) -> Self {
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (frames, stop) = (frames.clone(), stop.clone());
-            spawn_in_netns(ns, move || {
-                let fd = socket(
-                    AddressFamily::Packet,
-                    SockType::Raw,
-                    SockFlag::SOCK_CLOEXEC,
-                    SockProtocol::EthAll,
-                )
-                .expect("raw socket");
-                setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))
-                    .expect("timeout");
-                ready_tx.send(()).expect("ready");
-                let mut buf = vec![0u8; 65536];
-                let start = Instant::now();
-                while !stop.load(Ordering::Acquire) {
-                    let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
-                        continue;
-                    };
-                    let at = start.elapsed();
-                    if n >= dix::HEADER_LEN && buf[12..14] == dix::DEFAULT_ETHERTYPE.to_be_bytes() {
-                        frames.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
-                            at,
-                            bytes: buf[..n].to_vec(),
-                        });
-                    }
-                }
-            })
+/// The addresses of the last flow allocated: (A's MAC, B's MAC, A's eid, B's eid), from the
+/// FLOW_REQ and FLOW_REPLY `capture` saw.
+fn captured_flow(capture: &Capture) -> (MacAddr, MacAddr, u16, u16) {
+    let mut req = None;
+    let mut reply = None;
+    for s in capture.frames() {
+        let Ok(f) = Frame::new_checked(&s.bytes[..]) else {
+            continue;
         };
-        ready_rx.recv().expect("capture started");
-        Self {
-            frames,
-            stop,
-            thread: Some(thread),
+        if !f.is_mgmt() {
+            continue;
         }
-    }
-
-    fn frames(&self) -> Vec<Seen> {
-        self.frames
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// How many frames were seen so far.
-    fn mark(&self) -> usize {
-        self.frames.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// The empty data frames (keepalives) seen after the first `since`, as (time, source,
-    /// eid, frame length).
-    fn empty_sdus(&self, since: usize) -> Vec<(Duration, MacAddr, u16, usize)> {
-        self.frames()
-            .iter()
-            .skip(since)
-            .filter_map(|s| {
-                let f = Frame::new_checked(&s.bytes[..]).ok()?;
-                (!f.is_mgmt() && f.length() == 0)
-                    .then(|| (s.at, f.src_addr(), f.eid(), s.bytes.len()))
-            })
-            .collect()
-    }
-
-    /// The addresses of the last flow allocated: (A's MAC, B's MAC, A's eid, B's eid), from
-    /// its FLOW_REQ and FLOW_REPLY.
-    fn flow(&self) -> (MacAddr, MacAddr, u16, u16) {
-        let mut req = None;
-        let mut reply = None;
-        for s in self.frames() {
-            let Ok(f) = Frame::new_checked(&s.bytes[..]) else {
-                continue;
-            };
-            if !f.is_mgmt() {
-                continue;
+        match MgmtMsg::parse_bytes(f.payload_ref(), HASH_LEN) {
+            Ok(MgmtMsg::FlowReq { seid, .. }) => {
+                req = Some((f.src_addr(), f.dst_addr(), seid));
             }
-            match MgmtMsg::parse_bytes(f.payload_ref(), HASH_LEN) {
-                Ok(MgmtMsg::FlowReq { seid, .. }) => {
-                    req = Some((f.src_addr(), f.dst_addr(), seid));
-                }
-                Ok(MgmtMsg::FlowReply {
-                    seid,
-                    deid,
-                    response: 0,
-                    ..
-                }) => reply = Some((deid, seid)),
-                _ => {}
-            }
-        }
-        let (a_mac, b_mac, a_eid) = req.expect("a FLOW_REQ captured");
-        let (deid, b_eid) = reply.expect("a FLOW_REPLY captured");
-        assert_eq!(deid, a_eid, "the reply answers the last request");
-        (a_mac, b_mac, a_eid, b_eid)
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            Ok(MgmtMsg::FlowReply {
+                seid,
+                deid,
+                response: 0,
+                ..
+            }) => reply = Some((deid, seid)),
+            _ => {}
         }
     }
-}
-
-/// Sends `frames` on `dev` from namespace `ns`, through a raw socket.
-fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
-    let dev = dev.to_owned();
-    in_netns(ns, move || {
-        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex");
-        let raw = sys::packet_socket(ifindex, dix::DEFAULT_ETHERTYPE).expect("raw socket");
-        for frame in &frames {
-            let deadline = Instant::now() + TIMEOUT;
-            while sys::send_batch(raw.as_fd(), &[&frame[..]]).expect("send") == 0 {
-                assert!(Instant::now() < deadline, "the kernel takes no frame");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    });
+    let (a_mac, b_mac, a_eid) = req.expect("a FLOW_REQ captured");
+    let (deid, b_eid) = reply.expect("a FLOW_REPLY captured");
+    assert_eq!(deid, a_eid, "the reply answers the last request");
+    (a_mac, b_mac, a_eid, b_eid)
 }
 
 /// A data frame from `src` to `dst` for `eid` carrying `sdu` (empty: a keepalive).
@@ -368,7 +192,7 @@ fn nothing_to_read(flow: &o7s::Flow, wait: Duration, what: &str) {
 
 #[test]
 fn keepalives_and_peer_timeout_over_eth_dix_packet() {
-    if can_run("keepalives_and_peer_timeout_over_eth_dix_packet") {
+    if can_run("keepalives_and_peer_timeout_over_eth_dix_packet", false) {
         scenario(EthMode::Packet);
     }
 }
@@ -378,13 +202,13 @@ fn keepalives_and_peer_timeout_over_eth_dix_packet() {
 /// wire are left to the packet-mode test.
 #[test]
 fn keepalives_and_peer_timeout_over_eth_dix_xdp() {
-    if can_run("keepalives_and_peer_timeout_over_eth_dix_xdp") {
+    if can_run("keepalives_and_peer_timeout_over_eth_dix_xdp", false) {
         scenario(EthMode::Xdp);
     }
 }
 
 fn scenario(mode: EthMode) {
-    bin_dir();
+    bin_dir(&[IRMD]);
     let pair = VethPair::new("o7s-h7", "h7v", 1500);
     let a = Host::start(&pair.ns[0], &pair.veth[0], mode);
     let b = Host::start(&pair.ns[1], &pair.veth[1], mode);
@@ -407,7 +231,7 @@ fn scenario(mode: EthMode) {
     // The first flow of each side has eid 64 (the lowest).
     let b_eid = 64;
     if let Some(capture) = &capture {
-        assert_eq!(capture.flow(), (a_mac, b_mac, 64, b_eid));
+        assert_eq!(captured_flow(capture), (a_mac, b_mac, 64, b_eid));
     }
     std::thread::sleep(Duration::from_secs(1));
     for (host, side) in [(&a, "A"), (&b, "B")] {
@@ -415,7 +239,7 @@ fn scenario(mode: EthMode) {
     }
     if let Some(capture) = &capture {
         assert!(
-            capture.empty_sdus(0).is_empty(),
+            empty_sdus(capture, 0).is_empty(),
             "no keepalive on the link with timeout 0"
         );
     }
@@ -485,8 +309,8 @@ fn scenario(mode: EthMode) {
     // On the wire: the keepalives are 18-byte frames, DIX length 0, to the peer's eid. Gaps
     // are printed, not asserted (a user-space capture on a loaded box reads them late).
     if let (Some(capture), Some(mark)) = (&capture, mark) {
-        let (_, _, a_eid, b_eid) = capture.flow();
-        let seen = capture.empty_sdus(mark);
+        let (_, _, a_eid, b_eid) = captured_flow(capture);
+        let seen = empty_sdus(capture, mark);
         for (src, eid, side) in [(a_mac, b_eid, "A"), (b_mac, a_eid, "B")] {
             let mine: Vec<_> = seen.iter().filter(|k| k.1 == src).collect();
             assert!(!mine.is_empty(), "{side}'s keepalives on the link: none");
@@ -577,35 +401,8 @@ fn scenario(mode: EthMode) {
     drop(capture);
     drop(app_a);
     drop(app_b);
-    let prefixes = [a.0.shm_prefix(), b.0.shm_prefix()];
-    let pids: Vec<u32> = [&a, &b]
-        .iter()
-        .flat_map(|h| {
-            let mut p: Vec<u32> = h.0.ipcps().iter().map(|i| i.pid).collect();
-            p.push(h.0.pid());
-            p
-        })
-        .collect();
+    let leftovers = Leftovers::of([&a.0, &b.0]);
     drop(a);
     drop(b);
-    let names = pair.ns.clone();
-    drop(pair);
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} survived the teardown"
-        );
-    }
-    let netns = Command::new("ip").args(["netns", "list"]).output();
-    let netns = String::from_utf8_lossy(&netns.expect("ip netns list").stdout).into_owned();
-    for ns in &names {
-        assert!(!netns.contains(ns.as_str()), "namespace {ns} left behind");
-    }
-    for e in std::fs::read_dir("/dev/shm").expect("/dev/shm").flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        assert!(
-            !prefixes.iter().any(|p| name.starts_with(p.as_str())),
-            "shared memory {name} left behind"
-        );
-    }
+    leftovers.assert_none_left(pair);
 }

@@ -1,26 +1,62 @@
 //! Helpers for the root-only link tests: the namespace plumbing of [`netns`] (skip checks, two
 //! network namespaces joined by a veth pair, threads inside a namespace, pools with unique names,
-//! flow allocation; shared with `benches/eth.rs`), and a two-sided traffic scenario: two IPCPs,
+//! flow allocation; shared with `benches/eth.rs`), a two-sided traffic scenario: two IPCPs,
 //! one per namespace, exchange a name query, allocate a flow and move numbered SDUs both ways,
-//! each checked for loss, corruption and order.
+//! each checked for loss, corruption and order; and, for the tests that run `ipcpd-eth-dix`
+//! under a real IRMd, the binaries' directory ([`bin_dir`]) and frames sent by a raw socket
+//! ([`inject`]).
 //!
 //! All traffic stays on the veth pair between the namespaces created here.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod netns;
 
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
-use o7s_xdp_ipcp::{Backend, BackendInfo, BackendKind, EthIpcp, Instant, IpcpConfig, ModeChoice};
+use o7s_proto::dix;
+use o7s_testkit::{TIMEOUT, build_bins};
+use o7s_xdp_ipcp::{
+    Backend, BackendInfo, BackendKind, EthIpcp, Instant, IpcpConfig, ModeChoice, sys,
+};
 
 #[allow(unused_imports, reason = "each test binary uses a different subset")]
 pub use netns::{
     ADDRS, NAME, NetnsPair, TestPool, allocate_flow_until, can_run, clock, in_netns, run,
     spawn_in_netns,
 };
+
+/// `irmd`, as [`bin_dir`] builds it.
+pub const IRMD: (&str, &str) = ("o7s-irmd", "irmd");
+
+/// The directory of `ipcpd-eth-dix`, where an IRMd looks for it, with `bins` (package, binary)
+/// of other packages built next to it (`cargo build`, a no-op when up to date).
+pub fn bin_dir(bins: &[(&str, &str)]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_ipcpd-eth-dix"))
+        .parent()
+        .expect("ipcpd-eth-dix has a directory");
+    build_bins(dir, bins)
+}
+
+/// Sends `frames` on `dev` from namespace `ns`, through a raw socket.
+pub fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex");
+        let raw = sys::packet_socket(ifindex, dix::DEFAULT_ETHERTYPE).expect("raw socket");
+        for frame in &frames {
+            let deadline = StdInstant::now() + TIMEOUT;
+            while sys::send_batch(raw.as_fd(), &[&frame[..]]).expect("send") == 0 {
+                assert!(StdInstant::now() < deadline, "the kernel takes no frame");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+}
 
 /// Length of SDU `seq`: 64..=1400, mixed.
 pub fn sdu_len(seq: u64) -> usize {

@@ -7,7 +7,6 @@
 //! All traffic stays on the veth pair between the namespaces created here.
 
 use std::ops::Deref;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -23,16 +22,11 @@ use o7s_xdp_ipcp::{EthIpcp, Event, Instant, QueryStart};
 
 /// Returns false, after one line saying why, when the test cannot run here.
 pub fn can_run(test: &str, needs_xdp: bool) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces, raw sockets, BPF)");
+    if !o7s_testkit::netns::can_run(test, "network namespaces, raw sockets, BPF") {
         return false;
     }
     if needs_xdp && !o7s_ebpf::is_built() {
         eprintln!("skipping {test}: built with O7S_EBPF_SKIP=1, no XDP object");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping {test}: iproute2 `ip` not found");
         return false;
     }
     true
