@@ -17,7 +17,9 @@
 //! ([`undelivered_posts`]). [`Pool::reclaim`] unlinks a dead process's sets.
 //!
 //! **A post never blocks for long on a set's lock**, which any process that can open the set
-//! can hold: it tries for at most [`POST_LOCK_PATIENCE`], then flags the queue overflowed;
+//! can hold: it tries for at most [`POST_LOCK_PATIENCE`] ([`UNTRUSTED_POST_PATIENCE`] for a set
+//! that belongs to another user, e.g. a root IPCP posting into a per-user pool's set), then
+//! flags the queue overflowed;
 //! after that the set is *stuck* for this process and later posts only try the lock once
 //! (flagging overflow when it is taken) until one gets it.
 //!
@@ -41,6 +43,8 @@ const READY: u32 = 0x5245_4459;
 const HEADER_SIZE: usize = 128;
 /// How long a post tries for a set's lock before flagging the queue overflowed instead.
 pub const POST_LOCK_PATIENCE: Duration = Duration::from_millis(50);
+/// How long a post tries for the lock of a set that belongs to another user.
+pub const UNTRUSTED_POST_PATIENCE: Duration = Duration::from_micros(50);
 /// How often a post retries opening a set it could not open.
 pub const OPEN_RETRY: Duration = Duration::from_millis(100);
 const QUEUE_HEADER_SIZE: usize = 64;
@@ -145,6 +149,10 @@ pub struct EventSet {
     token: u32,
     /// Made by [`EventSet::create_for`]: the name goes when this handle does.
     unlink_on_drop: bool,
+    /// Made by this process's uid (its object belongs to our effective uid). Posts to a set of
+    /// another user's wait for its lock only [`UNTRUSTED_POST_PATIENCE`]: that user could hold
+    /// the lock on purpose to stall a root daemon posting to it.
+    own_uid: bool,
 }
 
 fn total_len(cfg: &EventSetConfig) -> Option<usize> {
@@ -236,6 +244,7 @@ impl EventSet {
                 owner_pid,
                 token,
                 unlink_on_drop: false,
+                own_uid: uid.is_none(),
             };
             let h = set.header_ptr();
             // SAFETY: freshly created (O_EXCL) object, nobody else uses it before `ready`.
@@ -267,7 +276,7 @@ impl EventSet {
             name: name.to_owned(),
             reason,
         };
-        let (size, ..) = sys::fstat(&fd).map_err(|e| Error::sys("fstat", name, e))?;
+        let (size, owner_uid, ..) = sys::fstat(&fd).map_err(|e| Error::sys("fstat", name, e))?;
         if (size as usize) < HEADER_SIZE {
             return Err(Error::NotReady {
                 name: name.to_owned(),
@@ -303,6 +312,7 @@ impl EventSet {
             owner_pid,
             token,
             unlink_on_drop: false,
+            own_uid: owner_uid == sys::geteuid(),
         })
     }
 
@@ -687,8 +697,10 @@ impl Opened {
         let stuck = self.stuck.load(Ordering::Relaxed);
         let patience = if stuck {
             Duration::ZERO
-        } else {
+        } else if set.own_uid {
             POST_LOCK_PATIENCE
+        } else {
+            UNTRUSTED_POST_PATIENCE
         };
         // Errors only for keys beyond the set's table: nothing watches them.
         if let Ok((_, Some(locked))) = set.notify_within(key, kind, times, patience)

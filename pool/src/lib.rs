@@ -29,8 +29,8 @@ mod verify;
 pub use desc::{DescWord, MAX_PID, Place};
 pub use error::{Error, Result};
 pub use evset::{
-    Event, EventSet, EventSetConfig, Notified, OPEN_RETRY, POST_LOCK_PATIENCE, WaitOutcome,
-    undelivered_posts,
+    Event, EventSet, EventSetConfig, Notified, OPEN_RETRY, POST_LOCK_PATIENCE,
+    UNTRUSTED_POST_PATIENCE, WaitOutcome, undelivered_posts,
 };
 pub use layout::{
     ClassConfig, ClassLayout, FRAME_SIZE, Layout, MAX_CLASS_SIZE, MIN_CLASS_SIZE,

@@ -292,6 +292,9 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let holder = &set;
     std::thread::scope(|s| {
+        // Moved in: should an assertion below fail, unwinding drops it and the holder lets go
+        // (else the scope would wait for the holder forever).
+        let release_tx = release_tx;
         s.spawn(move || {
             holder.debug_with_lock_held(|| {
                 locked_tx.send(()).expect("send");
@@ -329,6 +332,54 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
     // Once free again: nothing was stored, and the queue says events were lost.
     assert_eq!(take(&set), (vec![], true));
     // The next post gets the lock and delivers; the set is not stuck any more.
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert_eq!(take(&set), (packets(2, 1), false));
+    pool.ring_destroy(ring).expect("destroy");
+    assert_verified(&pool);
+}
+
+#[test]
+fn a_post_to_another_users_set_gives_up_on_its_lock_at_once() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root to give the set to another uid");
+        return;
+    }
+    let (_n, pool) = create("ev-untrusted", &PoolConfig::small());
+    let set = EventSet::create_for(&pool, cfg(8)).expect("set");
+    set.add(0, 2).expect("add");
+    // The set's object belongs to another user, who could hold its lock on purpose.
+    std::os::unix::fs::chown(format!("/dev/shm/{}", set.name()), Some(65534), None).expect("chown");
+    let ring = pool.ring_create(me(), me()).expect("ring");
+    pool.ring_watch(ring, &set, 2).expect("watch");
+    let w = pool.ring_writer(ring).expect("writer");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = &set;
+    std::thread::scope(|s| {
+        // Moved in: should an assertion below fail, unwinding drops it and the holder lets go
+        // (else the scope would wait for the holder forever).
+        let release_tx = release_tx;
+        s.spawn(move || {
+            holder.debug_with_lock_held(|| {
+                locked_tx.send(()).expect("send");
+                let _ = release_rx.recv();
+            });
+        });
+        locked_rx.recv().expect("the holder has the lock");
+        let t = Instant::now();
+        w.try_write(pool.try_alloc(1).expect("alloc"))
+            .expect("the write itself succeeds");
+        let took = t.elapsed();
+        assert!(
+            took < POST_LOCK_PATIENCE / 2,
+            "the post waited {took:?} for another user's lock (patience {:?})",
+            o7s_pool::UNTRUSTED_POST_PATIENCE
+        );
+        release_tx.send(()).expect("release");
+    });
+    // Nothing stored, the loss flagged; the next post delivers.
+    assert_eq!(take(&set), (vec![], true));
     w.try_write(pool.try_alloc(1).expect("alloc"))
         .expect("write");
     assert_eq!(take(&set), (packets(2, 1), false));
