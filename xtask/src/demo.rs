@@ -496,8 +496,10 @@ impl Network {
             .ok_or_else(|| anyhow!("no figures from operf: {}", text.trim()))?;
         let (sent, secs) = parse_sent(sent_line)
             .ok_or_else(|| anyhow!("cannot read operf's figures: {sent_line}"))?;
-        let delivered =
-            counter(&after, "sdus delivered").saturating_sub(counter(&before, "sdus delivered"));
+        // operf's first SDU names the test (uni or bi) and is not in its "sent" count.
+        let delivered = counter(&after, "sdus delivered")
+            .saturating_sub(counter(&before, "sdus delivered"))
+            .saturating_sub(1);
         let bits = f64::from(opts.size) * 8.0;
         let rate = |packets: u64| {
             let pps = packets as f64 / secs;
