@@ -604,13 +604,7 @@ impl EventSet {
         }
     }
 
-    /// Test hook: holds the set's lock for `time` (as a stopped process inside a post would).
-    #[doc(hidden)]
-    pub fn debug_hold_lock(&self, time: Duration) {
-        self.debug_with_lock_held(|| std::thread::sleep(time));
-    }
-
-    /// Test hook: runs `f` holding the set's lock.
+    /// Test hook: runs `f` holding the set's lock (as a stopped process inside a post would).
     #[doc(hidden)]
     pub fn debug_with_lock_held<R>(&self, f: impl FnOnce() -> R) -> R {
         let _g = self.lock();

@@ -280,6 +280,27 @@ fn a_set_the_ring_names_but_that_is_gone_costs_nothing_and_loses_nothing_live() 
     assert_verified(&pool);
 }
 
+/// Runs `f` while another thread holds `set`'s lock (as a stopped process inside a post
+/// would), and lets go after it, also when `f` panics.
+fn while_another_thread_holds_the_lock(set: &EventSet, f: impl FnOnce()) {
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        // Moved in: should `f` panic, unwinding drops it and the holder lets go (else the
+        // scope would wait for the holder forever).
+        let release_tx = release_tx;
+        s.spawn(move || {
+            set.debug_with_lock_held(|| {
+                locked_tx.send(()).expect("send");
+                let _ = release_rx.recv();
+            });
+        });
+        locked_rx.recv().expect("the holder has the lock");
+        f();
+        drop(release_tx);
+    });
+}
+
 #[test]
 fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
     let (_n, pool) = create("ev-stuck", &PoolConfig::small());
@@ -288,21 +309,7 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
     let ring = pool.ring_create(me(), me()).expect("ring");
     pool.ring_watch(ring, &set, 2).expect("watch");
     let w = pool.ring_writer(ring).expect("writer");
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = &set;
-    std::thread::scope(|s| {
-        // Moved in: should an assertion below fail, unwinding drops it and the holder lets go
-        // (else the scope would wait for the holder forever).
-        let release_tx = release_tx;
-        s.spawn(move || {
-            holder.debug_with_lock_held(|| {
-                locked_tx.send(()).expect("send");
-                // Until the test says so (or gives up: a dropped sender ends the wait).
-                let _ = release_rx.recv();
-            });
-        });
-        locked_rx.recv().expect("the holder has the lock");
+    while_another_thread_holds_the_lock(&set, || {
         let t = Instant::now();
         w.try_write(pool.try_alloc(1).expect("alloc"))
             .expect("the write itself succeeds");
@@ -327,7 +334,6 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
             set.notify(2, Event::PACKET).expect("notify"),
             o7s_pool::Notified::Overflowed
         );
-        release_tx.send(()).expect("release");
     });
     // Once free again: nothing was stored, and the queue says events were lost.
     assert_eq!(take(&set), (vec![], true));
@@ -353,20 +359,7 @@ fn a_post_to_another_users_set_gives_up_on_its_lock_at_once() {
     let ring = pool.ring_create(me(), me()).expect("ring");
     pool.ring_watch(ring, &set, 2).expect("watch");
     let w = pool.ring_writer(ring).expect("writer");
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = &set;
-    std::thread::scope(|s| {
-        // Moved in: should an assertion below fail, unwinding drops it and the holder lets go
-        // (else the scope would wait for the holder forever).
-        let release_tx = release_tx;
-        s.spawn(move || {
-            holder.debug_with_lock_held(|| {
-                locked_tx.send(()).expect("send");
-                let _ = release_rx.recv();
-            });
-        });
-        locked_rx.recv().expect("the holder has the lock");
+    while_another_thread_holds_the_lock(&set, || {
         let t = Instant::now();
         w.try_write(pool.try_alloc(1).expect("alloc"))
             .expect("the write itself succeeds");
@@ -376,7 +369,6 @@ fn a_post_to_another_users_set_gives_up_on_its_lock_at_once() {
             "the post waited {took:?} for another user's lock (patience {:?})",
             o7s_pool::UNTRUSTED_POST_PATIENCE
         );
-        release_tx.send(()).expect("release");
     });
     // Nothing stored, the loss flagged; the next post delivers.
     assert_eq!(take(&set), (vec![], true));
