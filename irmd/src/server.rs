@@ -1360,9 +1360,16 @@ async fn flow_accept(
                 (alloc, misfits)
             };
             for misfit in misfits {
-                if let Err(refusal) = flow_pool(state, &reg, (misfit.pid, pid), &misfit.dst) {
-                    deliver(state, misfit.token, Err(refusal));
-                }
+                // Taken out of the waiting list: it must hear an answer, whatever happens.
+                let refusal = flow_pool(state, &reg, (misfit.pid, pid), &misfit.dst)
+                    .err()
+                    .unwrap_or_else(|| {
+                        Refusal::new(
+                            ErrorCode::Busy,
+                            "the packet pools of the flow's ends changed while it was being                              matched; allocate again",
+                        )
+                    });
+                deliver(state, misfit.token, Err(refusal));
             }
             match alloc {
                 Some(alloc) => {
