@@ -18,10 +18,8 @@
 //!
 //! Needs root (namespaces, XDP). Traffic stays on the veth pair.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -323,16 +321,19 @@ impl Network {
             self.irm("b", &["name", "register", name, "layer", LAYER])?;
         }
         for program in ["oping", "operf"] {
-            let mut child = self
+            // To a file, not a pipe: with --keep the servers outlive the demo and go on saying
+            // what they receive.
+            let log_path = server_log(program);
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let child = self
                 .tool("b", program, &["-l", "-n", program])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stdout(log.try_clone().context("server log")?)
+                .stderr(log)
                 .spawn()
                 .with_context(|| format!("cannot start the {program} server"))?;
-            let stdout = child.stdout.take();
             self.servers.push(child);
-            let stdout = stdout.ok_or_else(|| anyhow!("{program}: no stdout"))?;
-            wait_for_line(stdout, "listening on", TIMEOUT)
+            wait_for_line(&log_path, "listening on", TIMEOUT)
                 .with_context(|| format!("the {program} server did not start"))?;
         }
         println!("demo: irmd and eth-dix IPCP up on both hosts; oping and operf served on b");
@@ -629,21 +630,28 @@ fn parse_sent(line: &str) -> Option<(u64, f64)> {
 }
 
 /// Reads `out` until a line contains `text`; the rest is drained by a thread.
-fn wait_for_line(out: ChildStdout, text: &str, timeout: Duration) -> Result<()> {
-    let (tx, rx) = mpsc::channel();
-    let text = text.to_owned();
-    std::thread::spawn(move || {
-        let mut found = false;
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if !found && line.contains(&text) {
-                found = true;
-                let _ = tx.send(());
-            }
+/// Where host b's `program` server writes its output.
+fn server_log(program: &str) -> PathBuf {
+    Path::new(BASE).join("b").join(format!("{program}.log"))
+}
+
+/// Waits until the file at `path` has a line containing `text`.
+fn wait_for_line(path: &Path, text: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        if written.lines().any(|l| l.contains(text)) {
+            return Ok(());
         }
-    });
-    rx.recv_timeout(timeout)
-        .map_err(|_| anyhow!("no line saying it was ready within {} s", timeout.as_secs()))
+        if Instant::now() >= deadline {
+            bail!(
+                "no line saying it was ready within {} s; it wrote: {}",
+                timeout.as_secs(),
+                written.trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn keep_help(bin: &Path, max_sdu: u32) -> String {
@@ -656,6 +664,8 @@ fn keep_help(bin: &Path, max_sdu: u32) -> String {
          ip netns exec {na} env O7S_RUNDIR={a} oping -n oping -c 10\n  \
          ip netns exec {na} env O7S_RUNDIR={a} operf -n operf -d 10 -s {size}\n\
          (SDUs larger than the MTU minus 4 bytes are refused by the Ethernet IPCP.)\n\
+         b's servers log each flow, and what it carried once it ends or idles (operf: 10 s \
+         by default): {oping_log}, {operf_log}\n\
          Tear it down with:\n  \
          for ns in {na} {nb}; do ip netns pids $ns | xargs -r kill; ip netns del $ns; done; \
          rm -rf {BASE} /dev/shm/o7s-demo-*",
@@ -665,6 +675,8 @@ fn keep_help(bin: &Path, max_sdu: u32) -> String {
         nb = ns("b"),
         bin = bin.display(),
         size = max_sdu.min(1400),
+        oping_log = server_log("oping").display(),
+        operf_log = server_log("operf").display(),
     )
 }
 
