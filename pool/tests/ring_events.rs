@@ -280,6 +280,23 @@ fn a_set_the_ring_names_but_that_is_gone_costs_nothing_and_loses_nothing_live() 
     assert_verified(&pool);
 }
 
+/// After posts to `set` (watching `ring` with key 2) gave up on its lock: nothing was stored
+/// and the queue says events were lost; the next post gets the lock and delivers (the set is
+/// not stuck any more). Then the ring goes and the pool verifies.
+fn the_loss_was_flagged_and_the_next_post_delivers(
+    pool: &o7s_pool::Pool,
+    set: &EventSet,
+    w: &o7s_pool::RingWriter<'_>,
+    ring: u32,
+) {
+    assert_eq!(take(set), (vec![], true));
+    w.try_write(pool.try_alloc(1).expect("alloc"))
+        .expect("write");
+    assert_eq!(take(set), (packets(2, 1), false));
+    pool.ring_destroy(ring).expect("destroy");
+    assert_verified(pool);
+}
+
 /// Runs `f` while another thread holds `set`'s lock (as a stopped process inside a post
 /// would), and lets go after it, also when `f` panics.
 fn while_another_thread_holds_the_lock(set: &EventSet, f: impl FnOnce()) {
@@ -335,14 +352,7 @@ fn a_post_never_hangs_on_a_set_whose_lock_stays_taken() {
             o7s_pool::Notified::Overflowed
         );
     });
-    // Once free again: nothing was stored, and the queue says events were lost.
-    assert_eq!(take(&set), (vec![], true));
-    // The next post gets the lock and delivers; the set is not stuck any more.
-    w.try_write(pool.try_alloc(1).expect("alloc"))
-        .expect("write");
-    assert_eq!(take(&set), (packets(2, 1), false));
-    pool.ring_destroy(ring).expect("destroy");
-    assert_verified(&pool);
+    the_loss_was_flagged_and_the_next_post_delivers(&pool, &set, &w, ring);
 }
 
 #[test]
@@ -370,13 +380,7 @@ fn a_post_to_another_users_set_gives_up_on_its_lock_at_once() {
             o7s_pool::UNTRUSTED_POST_PATIENCE
         );
     });
-    // Nothing stored, the loss flagged; the next post delivers.
-    assert_eq!(take(&set), (vec![], true));
-    w.try_write(pool.try_alloc(1).expect("alloc"))
-        .expect("write");
-    assert_eq!(take(&set), (packets(2, 1), false));
-    pool.ring_destroy(ring).expect("destroy");
-    assert_verified(&pool);
+    the_loss_was_flagged_and_the_next_post_delivers(&pool, &set, &w, ring);
 }
 
 #[test]
